@@ -1,0 +1,318 @@
+//! basaltctl end to end: the real binary, real files, and openssl as the outside judge.
+
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+
+fn basaltctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .current_dir(dir)
+        .env_remove("BASALTCONFIG")
+        .env("HOME", dir)
+        .args(args)
+        .output()
+        .expect("run basaltctl")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = basaltctl(dir, args);
+    assert!(
+        out.status.success(),
+        "basaltctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = basaltctl(dir, args);
+    assert!(!out.status.success(), "basaltctl {args:?} should fail");
+    String::from_utf8(out.stderr).expect("utf-8 stderr")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Decodes one base64 PEM field of the current context of a client config file.
+fn context_pem(config: &Path, field: &str) -> String {
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let current = yaml["context"].as_str().unwrap();
+    let b64 = yaml["contexts"][current][field].as_str().unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn secrets(dir: &Path) -> PathBuf {
+    ok(dir, &["gen", "secrets", "-o", "secrets.yaml"]);
+    dir.join("secrets.yaml")
+}
+
+#[test]
+fn gen_secrets_writes_a_private_talos_layout_bundle_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secrets(dir.path());
+    assert_eq!(mode(&path), 0o600);
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for key in ["cluster", "secrets", "trustdinfo", "certs"] {
+        assert!(!yaml[key].is_null(), "missing {key}");
+    }
+    for ca in ["os", "etcd", "k8s", "k8saggregator"] {
+        assert!(
+            yaml["certs"][ca]["crt"].is_string(),
+            "missing certs.{ca}.crt"
+        );
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = fails(dir.path(), &["gen", "secrets", "-o", "secrets.yaml"]);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "refused write changed the file"
+    );
+    ok(
+        dir.path(),
+        &["gen", "secrets", "-o", "secrets.yaml", "--force"],
+    );
+    assert_ne!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn reader_client_config_passes_openssl_verify_with_only_client_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path());
+    ok(
+        dir.path(),
+        &[
+            "gen",
+            "client-config",
+            "--with-secrets",
+            "secrets.yaml",
+            "--roles",
+            "os:reader",
+            "--cert-ttl",
+            "24h",
+            "-o",
+            "reader.config",
+        ],
+    );
+    let config = dir.path().join("reader.config");
+    assert_eq!(mode(&config), 0o600);
+    std::fs::write(dir.path().join("ca.pem"), context_pem(&config, "ca")).unwrap();
+    std::fs::write(dir.path().join("crt.pem"), context_pem(&config, "crt")).unwrap();
+
+    let verify = openssl(dir.path(), &["verify", "-CAfile", "ca.pem", "crt.pem"]);
+    assert!(verify.contains("crt.pem: OK"), "{verify}");
+    let text = openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-in",
+            "crt.pem",
+            "-noout",
+            "-subject",
+            "-ext",
+            "extendedKeyUsage",
+        ],
+    );
+    assert!(text.contains("O = os:reader"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(!text.contains("Server Authentication"), "{text}");
+
+    // The context is named as Talos names it and the certificate reads back through the CLI.
+    let info = ok(
+        dir.path(),
+        &["--config", "reader.config", "config", "info", "-o", "json"],
+    );
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["context"], "reader@basalt");
+    assert_eq!(info["roles"], serde_json::json!(["os:reader"]));
+    // A 24 h certificate is inside the 30-day warning window.
+    assert!(
+        info["warning"].as_str().unwrap().contains("expires in"),
+        "{info}"
+    );
+}
+
+#[test]
+fn unknown_roles_are_refused_with_the_known_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path());
+    let err = fails(
+        dir.path(),
+        &[
+            "gen",
+            "client-config",
+            "--with-secrets",
+            "secrets.yaml",
+            "--roles",
+            "os:reader,os:root",
+            "-o",
+            "x.config",
+        ],
+    );
+    assert!(err.contains("unknown role os:root"), "{err}");
+    assert!(err.contains("os:operator"), "{err}");
+    assert!(!dir.path().join("x.config").exists());
+}
+
+#[test]
+fn gen_config_writes_node_configs_and_an_admin_context() {
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path());
+    ok(
+        dir.path(),
+        &[
+            "gen",
+            "config",
+            "dev",
+            "127.0.0.1",
+            "--with-secrets",
+            "secrets.yaml",
+            "-o",
+            "out",
+        ],
+    );
+    let out = dir.path().join("out");
+    for file in ["controlplane.yaml", "worker.yaml", "basaltconfig"] {
+        assert_eq!(mode(&out.join(file)), 0o600, "{file}");
+    }
+    let worker: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("worker.yaml")).unwrap()).unwrap();
+    assert!(worker["machine"]["ca"]["crt"].is_string());
+    assert!(
+        worker["machine"]["ca"]["key"].is_null(),
+        "worker must not get the CA key"
+    );
+    let cp: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("controlplane.yaml")).unwrap())
+            .unwrap();
+    assert!(cp["machine"]["ca"]["key"].is_string());
+
+    let info = ok(
+        dir.path(),
+        &["--config", "out/basaltconfig", "config", "info"],
+    );
+    assert!(info.contains("os:admin"), "{info}");
+    assert!(info.contains("127.0.0.1"), "{info}");
+}
+
+#[test]
+fn merging_twice_renames_the_clash_and_switches_context() {
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path());
+    for name in ["a.config", "b.config"] {
+        ok(
+            dir.path(),
+            &[
+                "gen",
+                "client-config",
+                "--with-secrets",
+                "secrets.yaml",
+                "--roles",
+                "os:admin",
+                "--context",
+                "dev",
+                "-o",
+                name,
+            ],
+        );
+    }
+    // Into the default path (~/.basalt/config, HOME is the temp dir), which does not exist yet.
+    ok(dir.path(), &["config", "merge", "a.config"]);
+    let main = dir.path().join(".basalt/config");
+    assert_eq!(mode(&main), 0o600);
+    assert_eq!(mode(main.parent().unwrap()), 0o700);
+    let out = basaltctl(dir.path(), &["config", "merge", "b.config"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"dev-1\""));
+
+    let list = ok(dir.path(), &["config", "contexts", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["current"], "dev-1");
+    assert_eq!(list["contexts"].as_array().unwrap().len(), 2);
+
+    ok(dir.path(), &["config", "use-context", "dev"]);
+    ok(dir.path(), &["config", "endpoints", "10.5.0.2", "10.5.0.3"]);
+    ok(dir.path(), &["config", "nodes", "10.5.0.4"]);
+    let table = ok(dir.path(), &["config", "contexts"]);
+    let current: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        current,
+        ["*", "dev", "10.5.0.2,10.5.0.3", "10.5.0.4"],
+        "{table}"
+    );
+    let err = fails(dir.path(), &["config", "use-context", "nope"]);
+    assert!(err.contains("no context \"nope\""), "{err}");
+}
+
+#[test]
+fn broken_client_configs_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(dir.path(), &["--config", "missing.yaml", "config", "info"]);
+    assert!(err.contains("missing.yaml"), "{err}");
+
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "context: dev\ncontexts:\n  dev:\n    endpointz: [x]\n",
+    )
+    .unwrap();
+    let err = fails(dir.path(), &["--config", "bad.yaml", "config", "info"]);
+    assert!(err.contains("endpointz"), "{err}");
+
+    std::fs::write(
+        dir.path().join("trunc.yaml"),
+        "context: dev\ncontexts: {dev: {crt: \"LS0t\"",
+    )
+    .unwrap();
+    let err = fails(dir.path(), &["--config", "trunc.yaml", "config", "info"]);
+    assert!(err.contains("trunc.yaml"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = basaltctl(
+        dir.path(),
+        &[
+            "gen",
+            "client-config",
+            "--with-secrets",
+            "s.yaml",
+            "--roles",
+            "os:reader",
+            "--cert-ttl",
+            "3y",
+            "-o",
+            "x",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+}
