@@ -261,7 +261,7 @@ mod tests {
         for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::EcdsaP256] {
             let key = PrivateKey::generate(alg).expect("generate");
             let pem = key.to_pem();
-            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+            assert_eq!(::pem::parse(&pem).expect("pem").tag(), KEY_LABEL);
             let back = PrivateKey::from_pem(&pem).expect("reload");
             assert_eq!(back.algorithm(), alg);
             assert_eq!(back.public_key_der(), key.public_key_der());
@@ -308,7 +308,7 @@ mod tests {
         assert_eq!(back.algorithm(), KeyAlgorithm::EcdsaP256);
         assert_eq!(back.public_key_der(), key.public_key_der());
         // Written back out as PKCS#8.
-        assert!(back.to_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(::pem::parse(back.to_pem()).expect("pem").tag(), KEY_LABEL);
     }
 
     #[test]
