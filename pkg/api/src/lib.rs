@@ -30,6 +30,16 @@ pub mod securityapi {
     tonic::include_proto!("securityapi");
 }
 
+/// basalt's own additions, which Talos does not have (proto package `basalt.v1`).
+pub mod basalt {
+    /// The `basalt.v1` package: `DiagnosticsService` (Echo, Generate, Collect) for tests and
+    /// benchmarks.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("basalt.v1");
+    }
+}
+
 /// Google's API packages that the Talos protos embed.
 pub mod google {
     /// The `google.rpc` package: `Status`, carried in `common.Metadata.status`.

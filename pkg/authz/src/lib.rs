@@ -3,8 +3,9 @@
 //! This crate owns:
 //! - [`Role`] and [`RoleSet`]: the Talos role strings (`os:admin`, `os:operator`, …) parsed with
 //!   Talos's rules (trim, skip empty values, keep unknown roles for forward compatibility);
-//! - the method → roles table ([`rule`]), copied row by row from Talos's machined `rules` map,
-//!   with the admin-only fallback for methods without a rule ([`required_roles`]);
+//! - the method → roles table ([`rule`]), copied row by row from Talos's machined `rules` map
+//!   (plus a separate section for basalt's own `basalt.v1` RPCs), with the admin-only fallback
+//!   for methods without a rule ([`required_roles`]);
 //! - the decision ([`authorize`]) and its explanation ([`Denial`]);
 //! - the metadata key names roles and routing travel in ([`metadata`]).
 //!

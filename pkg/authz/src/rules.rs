@@ -18,6 +18,7 @@ pub fn rule(method: &str) -> Option<&'static [Role]> {
     // and keeps the table in Talos's order so it can be read against the source row by row.
     RULES
         .iter()
+        .chain(BASALT_RULES)
         .find(|(path, _)| *path == method)
         .map(|(_, roles)| *roles)
 }
@@ -200,6 +201,19 @@ const RULES: &[(&str, &[Role])] = &[
     ("/time.TimeService/TimeCheck", AOR),
 ];
 
+// === basalt additions ===
+
+/// Rules for basalt's own RPCs (proto package `basalt.v1`), which Talos does not have. Kept apart
+/// from [`RULES`] so that table stays a row-for-row copy of Talos's.
+///
+/// `DiagnosticsService` only moves bytes (echo, generate, count) and exposes nothing about the
+/// node, so every role that may read anything may call it.
+const BASALT_RULES: &[(&str, &[Role])] = &[
+    ("/basalt.v1.DiagnosticsService/Echo", AOR),
+    ("/basalt.v1.DiagnosticsService/Generate", AOR),
+    ("/basalt.v1.DiagnosticsService/Collect", AOR),
+];
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -341,6 +355,30 @@ mod tests {
         }
         let unique: HashSet<&str> = RULES.iter().map(|(method, _)| *method).collect();
         assert_eq!(unique.len(), RULES.len(), "duplicate rows");
+    }
+
+    #[test]
+    fn basalt_additions_are_in_basalt_v1_and_not_in_talos_table() {
+        let talos: HashSet<&str> = talos_rows().into_iter().map(|(method, _)| method).collect();
+        for (method, _) in BASALT_RULES {
+            assert!(method.starts_with("/basalt.v1."), "{method}");
+            assert!(!talos.contains(method), "{method} duplicates a Talos row");
+        }
+    }
+
+    #[test]
+    fn diagnostics_is_open_to_admin_operator_and_reader_only() {
+        for method in ["Echo", "Generate", "Collect"] {
+            let path = format!("/basalt.v1.DiagnosticsService/{method}");
+            for role in Role::KNOWN {
+                let allowed = matches!(role, Role::Admin | Role::Operator | Role::Reader);
+                assert_eq!(
+                    authorize(&path, &RoleSet::from([role.clone()])).is_allowed(),
+                    allowed,
+                    "{path} for {role}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,325 @@
+//! apid's node credentials and config file, produced by machined on control-plane nodes.
+//!
+//! Talos's machined issues apid's server certificate locally from `machine.ca` on control-plane
+//! nodes (talos-facts.md §4.3); workers get theirs from trustd, which basalt does not implement
+//! yet. Everything lands in `<state>/apid/`:
+//!
+//! | file | content | mode |
+//! | --- | --- | --- |
+//! | `server.crt` | apid's server certificate (PEM) | 0644 |
+//! | `server.key` | its private key (PEM) | 0600 |
+//! | `ca.pem` | the accepted client CAs: `machine.ca.crt` then every `machine.acceptedCAs` entry | 0644 |
+//! | `apid.yaml` | [`basalt_config::ApidConfig`] pointing at the files above and machined's socket | 0600 |
+//! | `audit.log` | written by apid: one JSON line per call | (apid's) |
+//!
+//! Every file is written atomically, so apid (which watches them) sees the old or the new
+//! version, never a torn one.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use basalt_config::fs::{Overwrite, ensure_private_dir, write_atomic};
+use basalt_config::{ApidConfig, ApidTls, AuditSink, MachineConfig, MachineType};
+use basalt_pki::{CertificateAuthority, ServerCertRequest, SubjectAltName};
+
+/// Lifetime of apid's server certificate (Talos: 24 h).
+pub const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often the server certificate is re-issued: at half its lifetime (Talos: every 12 h).
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// Why apid's credentials or config could not be produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The machine config holds no CA key (a worker).
+    #[error(
+        "machine.type is {machine_type} and machine.ca has no key: apid's certificate must come \
+         from trustd, which basalt does not implement yet"
+    )]
+    NoCaKey {
+        /// The node's machine type.
+        machine_type: MachineType,
+    },
+    /// `machine.ca` is not UTF-8 PEM.
+    #[error("read machine.ca")]
+    CaPem {
+        /// The decoding error.
+        #[source]
+        source: basalt_config::Error,
+    },
+    /// `machine.ca` does not hold a usable CA certificate and key.
+    #[error("load the issuing CA from machine.ca")]
+    LoadCa {
+        /// What basalt-pki refused.
+        #[source]
+        source: basalt_pki::Error,
+    },
+    /// Issuing the server certificate failed.
+    #[error("issue apid's server certificate")]
+    Issue {
+        /// What basalt-pki refused.
+        #[source]
+        source: basalt_pki::Error,
+    },
+    /// A path could not be made absolute (apid's config requires absolute paths).
+    #[error("resolve {path}")]
+    Absolute {
+        /// The relative path.
+        path: PathBuf,
+        /// The I/O error (reading the working directory).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating `<state>/apid` failed.
+    #[error("create apid's state directory")]
+    CreateDir {
+        /// The error, naming the directory.
+        #[source]
+        source: basalt_config::Error,
+    },
+    /// Writing one of apid's files failed.
+    #[error("write apid's {what}")]
+    Write {
+        /// Which file ("server certificate", "config", …).
+        what: &'static str,
+        /// The error, naming the file.
+        #[source]
+        source: basalt_config::Error,
+    },
+    /// The apid config machined built does not pass apid's own validation.
+    #[error("build apid's config")]
+    Config {
+        /// The validation or rendering error.
+        #[source]
+        source: basalt_config::Error,
+    },
+}
+
+/// Where apid's files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApidFiles {
+    /// `<state>/apid`.
+    pub dir: PathBuf,
+    /// `server.crt`.
+    pub cert: PathBuf,
+    /// `server.key`.
+    pub key: PathBuf,
+    /// `ca.pem`.
+    pub ca: PathBuf,
+    /// `apid.yaml`, the argument to `apid --config`.
+    pub config: PathBuf,
+}
+
+impl ApidFiles {
+    /// The file layout under `state_dir` (made absolute).
+    pub fn under(state_dir: &Path) -> Result<Self, Error> {
+        let dir = absolute(state_dir)?.join("apid");
+        Ok(ApidFiles {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("ca.pem"),
+            config: dir.join("apid.yaml"),
+            dir,
+        })
+    }
+}
+
+/// Issues apid's server certificate and writes every file of [`ApidFiles`].
+///
+/// `hostname` is the node's hostname (the certificate's CN and a DNS SAN when it is a valid DNS
+/// name); `machined_socket` is where apid forwards calls.
+pub fn prepare(
+    machine: &MachineConfig,
+    state_dir: &Path,
+    hostname: &str,
+    machined_socket: &Path,
+) -> Result<ApidFiles, Error> {
+    let files = ApidFiles::under(state_dir)?;
+    ensure_private_dir(&files.dir).map_err(|source| Error::CreateDir { source })?;
+    issue_server_cert(machine, &files, hostname)?;
+
+    let config = ApidConfig {
+        listen: machine.apid_listen(),
+        tls: ApidTls {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+        },
+        machined_socket: absolute(machined_socket)?,
+        audit: AuditSink::File(files.dir.join("audit.log")),
+        handshake_timeout: basalt_config::apid::DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    let yaml = config
+        .to_yaml()
+        .map_err(|source| Error::Config { source })?;
+    // Fail here, with machined's error, rather than in a crash-looping child.
+    ApidConfig::from_yaml(&yaml).map_err(|source| Error::Config { source })?;
+    write_atomic(&files.config, yaml.as_bytes(), 0o600, Overwrite::Allow).map_err(|source| {
+        Error::Write {
+            what: "config",
+            source,
+        }
+    })?;
+    Ok(files)
+}
+
+/// Issues a fresh server certificate (and CA bundle) into `files`. Called by [`prepare`] and
+/// then every [`RENEW_INTERVAL`]; apid picks the new files up when they change.
+pub fn issue_server_cert(
+    machine: &MachineConfig,
+    files: &ApidFiles,
+    hostname: &str,
+) -> Result<(), Error> {
+    let Some(ca_key) = machine.ca_key() else {
+        return Err(Error::NoCaKey {
+            machine_type: machine.machine_type(),
+        });
+    };
+    let pem = |value: &basalt_config::Base64Pem| {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .map_err(|source| Error::CaPem { source })
+    };
+    let ca_crt = pem(machine.ca_crt())?;
+    let ca = CertificateAuthority::from_pem(&ca_crt, &pem(ca_key)?)
+        .map_err(|source| Error::LoadCa { source })?;
+    let issued = ca
+        .issue_server(&ServerCertRequest {
+            common_name: is_dns_name(hostname).then(|| hostname.to_owned()),
+            sans: server_sans(machine, hostname),
+            ttl: SERVER_CERT_TTL,
+        })
+        .map_err(|source| Error::Issue { source })?;
+
+    let mut bundle = ca_crt;
+    for accepted in machine.accepted_cas() {
+        if !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+        bundle.push_str(&pem(accepted)?);
+    }
+
+    // The key first: a reload between the two writes then fails on a key/cert mismatch and is
+    // retried, instead of pairing a new certificate with nothing.
+    let writes: [(&Path, &[u8], u32, &'static str); 3] = [
+        (&files.key, issued.key_pem.as_bytes(), 0o600, "server key"),
+        (
+            &files.cert,
+            issued.cert_pem.as_bytes(),
+            0o644,
+            "server certificate",
+        ),
+        (&files.ca, bundle.as_bytes(), 0o644, "CA bundle"),
+    ];
+    for (path, bytes, mode, what) in writes {
+        write_atomic(path, bytes, mode, Overwrite::Allow)
+            .map_err(|source| Error::Write { what, source })?;
+    }
+    Ok(())
+}
+
+/// The SANs of apid's server certificate, sorted and without duplicates:
+/// - `127.0.0.1`, `::1` and `localhost`, so local clients can always connect;
+/// - apid's listen address when it is a specific address (not `0.0.0.0` / `::`);
+/// - the hostname, when it is a valid DNS name;
+/// - every `machine.certSANs` entry;
+/// - the host of every `cluster.endpoints` entry (clients dial those, and this node is a
+///   control plane).
+///
+/// Entries that are not valid certificate names (e.g. a wildcard) are skipped with a warning.
+fn server_sans(machine: &MachineConfig, hostname: &str) -> Vec<SubjectAltName> {
+    let mut sans = vec![
+        SubjectAltName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SubjectAltName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        SubjectAltName::Dns("localhost".to_owned()),
+    ];
+    let listen = machine.apid_listen().ip();
+    if !listen.is_unspecified() {
+        sans.push(SubjectAltName::Ip(listen));
+    }
+    if is_dns_name(hostname) {
+        sans.push(SubjectAltName::Dns(hostname.to_owned()));
+    }
+    let configured = machine
+        .cert_sans()
+        .iter()
+        .chain(machine.endpoints().iter().map(|endpoint| endpoint.host()));
+    for host in configured {
+        match host {
+            basalt_config::Host::Ip(ip) => sans.push(SubjectAltName::Ip(*ip)),
+            basalt_config::Host::Dns(name) if is_dns_name(name) => {
+                sans.push(SubjectAltName::Dns(name.clone()));
+            }
+            basalt_config::Host::Dns(name) => {
+                tracing::warn!(name = %name, "Skipping a SAN that is not a valid DNS name");
+            }
+        }
+    }
+    sans.sort();
+    sans.dedup();
+    sans
+}
+
+fn is_dns_name(name: &str) -> bool {
+    basalt_pki::validate_dns_name(name).is_ok()
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|source| Error::Absolute {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use basalt_config::{Base64Pem, BundleCerts, CertAndKey, SecretsBundle};
+    use basalt_pki::CaOptions;
+
+    use super::*;
+
+    fn control_plane() -> MachineConfig {
+        let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
+        let os = CertAndKey {
+            crt: Base64Pem::from_pem(ca.cert_pem()),
+            key: Base64Pem::from_pem(ca.key_pem()),
+        };
+        let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
+        MachineConfig::generate(&bundle, "dev", "10.5.0.2", MachineType::ControlPlane)
+            .expect("config")
+    }
+
+    #[test]
+    fn sans_cover_loopback_hostname_and_endpoints() {
+        let sans = server_sans(&control_plane(), "node-1");
+        for expected in [
+            SubjectAltName::Ip("127.0.0.1".parse().expect("ip")),
+            SubjectAltName::Ip("::1".parse().expect("ip")),
+            SubjectAltName::Ip("10.5.0.2".parse().expect("ip")),
+            SubjectAltName::Dns("localhost".to_owned()),
+            SubjectAltName::Dns("node-1".to_owned()),
+        ] {
+            assert!(
+                sans.contains(&expected),
+                "{expected:?} missing from {sans:?}"
+            );
+        }
+        let mut sorted = sans.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sans, sorted);
+    }
+
+    #[test]
+    fn an_invalid_hostname_is_left_out() {
+        let sans = server_sans(&control_plane(), "not a name");
+        assert!(
+            !sans
+                .iter()
+                .any(|s| matches!(s, SubjectAltName::Dns(n) if n.contains(' ')))
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! The `machined` binary: flags → telemetry → config → `Server::bind` → serve until SIGTERM or
+//! SIGINT. Everything else lives in the library.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use basalt_config::MachineConfig;
+use clap::{Parser, ValueEnum};
+use machined::{AllowedUids, ApidLaunch, Backoff, Config, Mode, Server};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for bad flags or a bad config (BSD EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// The longest unix socket path the kernel accepts (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// basalt's machine daemon: the machine API on a unix socket; runs apid on control-plane nodes.
+#[derive(Debug, Parser)]
+#[command(name = "machined", version)]
+struct Cli {
+    /// The machine config (YAML, `version: v1alpha1`).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// machined's state directory (apid's credentials go to `<state>/apid/`).
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+
+    /// The unix socket to serve on [default: <state>/run/machined.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// The apid executable [default: `apid` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    apid_bin: Option<PathBuf>,
+
+    /// Do not run apid (machined alone, e.g. for tests).
+    #[arg(long)]
+    no_apid: bool,
+
+    /// A uid allowed to call machined's socket; repeat for several. Replaces the default
+    /// (root and machined's own uid).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "BASALT_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// Load and validate the config, report every problem, and exit (0 if valid, 64 if not).
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            // clap prints help/version to stdout and usage errors to stderr.
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Err(err) = init_telemetry(cli.log_format) {
+        // No subscriber yet: stderr is the only place left to say why.
+        eprintln!("machined: {err:#}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+
+    let setup = match Setup::load(&cli) {
+        Ok(setup) => setup,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "Invalid configuration");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.check_config {
+        tracing::info!(config = %cli.config.display(), "Configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "Cannot start the runtime"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(setup.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "machined failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds, then serves until SIGTERM or SIGINT.
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let bound = Server::bind(config).await.context("start machined")?;
+    bound
+        .serve(async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "Received signal"),
+                _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "Received signal"),
+            }
+        })
+        .await
+        .context("serve")
+}
+
+/// The validated result of flags + machine config.
+struct Setup {
+    config: Config,
+}
+
+impl Setup {
+    /// Loads the machine config and checks everything `Server::bind` would otherwise trip over
+    /// late: the socket path length and, when apid is to run, the CA in `machine.ca`.
+    fn load(cli: &Cli) -> anyhow::Result<Self> {
+        let machine = MachineConfig::load(&cli.config)?;
+        let state = absolute(&cli.state)?;
+        let socket = match &cli.socket {
+            Some(socket) => absolute(socket)?,
+            None => state.join("run").join("machined.sock"),
+        };
+        let len = socket.as_os_str().len();
+        anyhow::ensure!(
+            len <= MAX_SOCKET_PATH,
+            "socket path {} is {len} bytes long; unix socket paths are limited to \
+             {MAX_SOCKET_PATH}",
+            socket.display()
+        );
+
+        let host = Arc::new(basalt_sys::ContainerHost::new(
+            machine.hostname().map(str::to_owned),
+        ));
+        let mut config = Config::new(socket, host);
+        config.mode = Mode::for_pid(std::process::id());
+        if !cli.allow_uid.is_empty() {
+            config.allowed_uids = AllowedUids::new(cli.allow_uid.iter().copied());
+        }
+        if cli.no_apid {
+            tracing::info!("apid disabled by --no-apid");
+        } else if machine.ca_key().is_none() {
+            tracing::warn!(
+                machine.type = %machine.machine_type(),
+                "Not starting apid: on a node without the CA key its certificate must come \
+                 from trustd, which basalt does not implement yet"
+            );
+        } else {
+            check_ca(&machine)?;
+            config.apid = Some(ApidLaunch {
+                binary: match &cli.apid_bin {
+                    Some(path) => absolute(path)?,
+                    None => default_apid_bin()?,
+                },
+                machine,
+                state_dir: state,
+                backoff: Backoff::default(),
+            });
+        }
+        Ok(Setup { config })
+    }
+}
+
+/// `machine.ca` must hold a CA certificate and its key that basalt-pki accepts.
+fn check_ca(machine: &MachineConfig) -> anyhow::Result<()> {
+    let crt = machine.ca_crt().as_str().context("machine.ca.crt")?;
+    let key = machine
+        .ca_key()
+        .context("machine.ca.key is missing")?
+        .as_str()
+        .context("machine.ca.key")?;
+    basalt_pki::CertificateAuthority::from_pem(crt, key)
+        .context("machine.ca does not hold a usable CA certificate and key")?;
+    Ok(())
+}
+
+/// `apid` in the directory of this executable.
+fn default_apid_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find machined's own executable")?;
+    let dir = exe
+        .parent()
+        .context("machined's executable has no parent directory")?;
+    Ok(dir.join("apid"))
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolve {}", path.display()))
+}
+
+/// Installs the global subscriber: filter from `BASALT_LOG` (default `info`), output to stderr.
+fn init_telemetry(format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("BASALT_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives)
+            .with_context(|| format!("BASALT_LOG={directives:?} is not a valid log filter"))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|err| anyhow::anyhow!("install the log subscriber: {err}"))
+}

@@ -1,0 +1,262 @@
+//! Binding and serving: the two phases of a machined run.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use basalt_api::basalt::v1::diagnostics_service_server::DiagnosticsServiceServer;
+use basalt_api::machine::machine_service_server::MachineServiceServer;
+use basalt_sys::Host;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::Error;
+use crate::apid::{self, ApidFiles};
+use crate::config::{
+    AllowedUids, ApidLaunch, Config, DRAIN_TIMEOUT, MAX_MESSAGE_SIZE, SOCKET_DIR_MODE, SOCKET_MODE,
+};
+use crate::layers::Stack;
+use crate::procfs::{ProcFs, ProcessUnits};
+use crate::services::{Diagnostics, MachineApi, VersionFacts};
+use crate::supervisor::{Supervisor, stopped};
+
+/// Entry point of the two-phase API: [`Server::bind`], then [`Bound::serve`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Prepares and binds everything, so that failures surface before serving starts:
+    ///
+    /// 1. creates the socket's directory (mode 0750) if missing; an existing one keeps its mode
+    ///    (a warning is logged if others may enter it);
+    /// 2. removes a stale socket left by an earlier run; anything else at the path (a regular
+    ///    file, a live server's socket) is refused with [`Error::PrepareSocket`];
+    /// 3. binds the socket and sets its mode to 0660;
+    /// 4. reads the host facts the handlers need (uname, clock ticks, page size);
+    /// 5. with [`Config::apid`]: issues apid's server certificate and writes its config.
+    ///
+    /// Once this returns, clients can connect (the kernel queues them until
+    /// [`Bound::serve`] accepts).
+    pub async fn bind(config: Config) -> Result<Bound, Error> {
+        let Config {
+            socket,
+            allowed_uids,
+            mode,
+            host,
+            apid,
+        } = config;
+
+        let prepare = |source| Error::PrepareSocket {
+            path: socket.clone(),
+            source,
+        };
+        if let Some(dir) = socket.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            let state = basalt_sys::prepare_socket_dir(dir, SOCKET_DIR_MODE).map_err(prepare)?;
+            if state.is_open_to_others() {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "Socket directory is accessible to other users; only the socket's mode \
+                     protects it"
+                );
+            }
+        }
+        if basalt_sys::remove_stale_socket(&socket).map_err(prepare)? {
+            tracing::info!(socket = %socket.display(), "Removed a stale socket");
+        }
+        let listener = UnixListener::bind(&socket).map_err(|source| Error::BindSocket {
+            path: socket.clone(),
+            source,
+        })?;
+        basalt_sys::set_mode(&socket, SOCKET_MODE).map_err(prepare)?;
+
+        let host_err = |source| Error::Host { source };
+        let units = ProcessUnits {
+            clock_ticks: basalt_sys::clock_ticks().map_err(host_err)?,
+            page_size: basalt_sys::page_size().map_err(host_err)?,
+        };
+        let machine = MachineApi::new(
+            Arc::clone(&host),
+            ProcFs::new("/proc"),
+            units,
+            VersionFacts::detect(mode)?,
+        );
+
+        let apid = match apid {
+            None => None,
+            Some(launch) => Some(prepare_apid(launch, host.as_ref(), &socket)?),
+        };
+
+        tracing::info!(
+            socket = %socket.display(),
+            mode = %mode,
+            allowed_uids = ?allowed_uids.iter().collect::<Vec<_>>(),
+            "Listening"
+        );
+        Ok(Bound {
+            listener,
+            socket,
+            allowed_uids,
+            machine,
+            apid,
+            host,
+        })
+    }
+}
+
+/// A bound machined, ready to [`serve`](Bound::serve).
+#[derive(Debug)]
+pub struct Bound {
+    listener: UnixListener,
+    socket: PathBuf,
+    allowed_uids: AllowedUids,
+    machine: MachineApi,
+    apid: Option<(ApidLaunch, ApidFiles)>,
+    host: Arc<dyn Host>,
+}
+
+impl Bound {
+    /// The unix socket machined serves on.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The paths of apid's credentials and config, when machined runs apid.
+    pub fn apid_files(&self) -> Option<&ApidFiles> {
+        self.apid.as_ref().map(|(_, files)| files)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls for at most
+    /// [`DRAIN_TIMEOUT`], stops apid (SIGTERM, then SIGKILL) and removes the socket file.
+    ///
+    /// With apid configured, it is started as a supervised child first, and its server
+    /// certificate is re-issued every [`apid::RENEW_INTERVAL`].
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let Bound {
+            listener,
+            socket,
+            allowed_uids,
+            machine,
+            apid,
+            host,
+        } = self;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut children = tokio::task::JoinSet::new();
+        if let Some((launch, files)) = apid {
+            let supervisor = Supervisor {
+                name: "apid",
+                program: launch.binary.clone(),
+                args: vec!["--config".into(), files.config.clone().into_os_string()],
+                backoff: launch.backoff,
+            };
+            children.spawn(supervisor.run(stop_rx.clone()));
+            children.spawn(renew_apid_cert(launch, files, host, stop_rx.clone()));
+        }
+
+        let router = tonic::transport::Server::builder()
+            .layer(Stack::new(allowed_uids))
+            .add_service(
+                MachineServiceServer::new(machine)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            )
+            .add_service(
+                DiagnosticsServiceServer::new(Diagnostics)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            );
+
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve =
+            router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                // Either a send or the sender being dropped starts the drain.
+                let _ = drain_rx.await;
+            });
+        tokio::pin!(serve);
+        tokio::pin!(shutdown);
+
+        let result = tokio::select! {
+            result = &mut serve => result,
+            () = &mut shutdown => {
+                tracing::info!("Shutting down");
+                let _ = drain_tx.send(());
+                match tokio::time::timeout(DRAIN_TIMEOUT, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout_s = DRAIN_TIMEOUT.as_secs(),
+                            "Calls still running after the drain timeout; closing them"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
+
+        // Stop the children whatever ended the server.
+        let _ = stop_tx.send(true);
+        while children.join_next().await.is_some() {}
+        if let Err(err) = std::fs::remove_file(&socket) {
+            tracing::debug!(
+                socket = %socket.display(),
+                error = &err as &dyn std::error::Error,
+                "Cannot remove the socket"
+            );
+        }
+        tracing::info!("Stopped");
+        result.map_err(|source| Error::Serve { source })
+    }
+}
+
+/// Issues apid's credentials and config at bind time.
+fn prepare_apid(
+    launch: ApidLaunch,
+    host: &dyn Host,
+    socket: &Path,
+) -> Result<(ApidLaunch, ApidFiles), Error> {
+    let hostname = host.hostname().map_err(|source| Error::Host { source })?;
+    let files = apid::prepare(&launch.machine, &launch.state_dir, &hostname, socket)
+        .map_err(|source| Error::Apid { source })?;
+    tracing::info!(
+        config = %files.config.display(),
+        listen = %launch.machine.apid_listen(),
+        valid_for_h = apid::SERVER_CERT_TTL.as_secs() / 3600,
+        "Issued apid's server certificate"
+    );
+    Ok((launch, files))
+}
+
+/// Re-issues apid's server certificate every [`apid::RENEW_INTERVAL`] until stopped. A failure
+/// is logged and retried at the next interval (the current certificate is still valid for
+/// another half-life).
+async fn renew_apid_cert(
+    launch: ApidLaunch,
+    files: ApidFiles,
+    host: Arc<dyn Host>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(apid::RENEW_INTERVAL) => {}
+            () = stopped(&mut stop) => return,
+        }
+        let issued = host
+            .hostname()
+            .map_err(|source| Error::Host { source })
+            .and_then(|hostname| {
+                apid::issue_server_cert(&launch.machine, &files, &hostname)
+                    .map_err(|source| Error::Apid { source })
+            });
+        match issued {
+            Ok(()) => tracing::info!("Renewed apid's server certificate"),
+            Err(err) => tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "Cannot renew apid's server certificate"
+            ),
+        }
+    }
+}

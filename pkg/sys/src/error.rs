@@ -1,0 +1,112 @@
+//! The one error type of basalt-sys.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A failed host operation. Messages say what was being done; the cause is the `source`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `statvfs(2)` failed on a path.
+    #[error("statfs {path}")]
+    Statfs {
+        /// The path that was queried.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// `gethostname(2)` failed or returned a name that is not UTF-8.
+    #[error("read the hostname")]
+    Hostname {
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// The kernel returned a hostname that is not valid UTF-8.
+    #[error("the hostname is not valid UTF-8")]
+    HostnameNotUtf8,
+    /// `uname(2)` failed.
+    #[error("read uname")]
+    Uname {
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// `sysconf(3)` failed or does not know the variable.
+    #[error("sysconf {name}")]
+    Sysconf {
+        /// The variable, e.g. `_SC_PAGESIZE`.
+        name: &'static str,
+        /// The errno, when the call failed (none when the variable is merely unsupported).
+        #[source]
+        source: Option<nix::Error>,
+    },
+    /// Sending a signal to a process failed.
+    #[error("signal process {pid}")]
+    Signal {
+        /// The process.
+        pid: u32,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// Creating the socket directory failed.
+    #[error("create socket directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's parent path exists but is not a directory.
+    #[error("socket directory {path} exists and is not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Reading a path's metadata failed.
+    #[error("inspect {path}")]
+    Inspect {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Something other than a socket sits at the socket path; it is never removed.
+    #[error("{path} exists and is a {kind}, not a socket; refusing to remove it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there instead ("regular file", "directory", …).
+        kind: &'static str,
+    },
+    /// A live server already accepts connections on the socket.
+    #[error("{path} is in use: another server accepts connections on it")]
+    SocketInUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Removing a stale socket failed.
+    #[error("remove stale socket {path}")]
+    RemoveSocket {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Changing a path's permission bits failed.
+    #[error("set mode {mode:o} on {path}")]
+    SetMode {
+        /// The path.
+        path: PathBuf,
+        /// The mode that was being set.
+        mode: u32,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,39 @@
+//! Host access for basalt: the only crate allowed to list `nix`/`libc` or to hold `unsafe`.
+//!
+//! This crate owns:
+//! - the [`Host`] trait, behind which every side effect on the machine sits (reboot, power-off,
+//!   hostname, …), with [`ContainerHost`], the container-mode implementation that never touches
+//!   the host and records what was asked of it in-process;
+//! - small safe wrappers around the syscalls machined needs for its read-only handlers
+//!   ([`statfs`], [`hostname`], [`uname`], [`current_uid`], [`page_size`], [`clock_ticks`]), and
+//!   [`terminate`] for the children machined supervises, each returning a typed [`Error`];
+//! - [`is_running`] and [`kill_process_group`] for daemons known only by a pid file (the local
+//!   cluster `basaltctl cluster` starts detached and stops from a later invocation);
+//! - socket-file preparation for unix-socket servers ([`prepare_socket_dir`],
+//!   [`remove_stale_socket`], [`set_mode`]).
+//!
+//! It must not depend on tonic, tokio or any other basalt crate, and holds no business logic.
+//!
+//! Today every wrapper goes through nix's safe API or std, so the workspace-wide
+//! `forbid(unsafe_code)` still applies here. Should a syscall ever need `unsafe`, this is the one
+//! crate where the lint may be relaxed, and every block then needs a `// SAFETY:` paragraph (the
+//! two lints below are set so that rule is already enforced).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod detached;
+mod error;
+mod host;
+mod process;
+mod socket;
+mod system;
+
+pub use crate::detached::{is_running, kill_process_group};
+pub use crate::error::Error;
+pub use crate::host::{ContainerHost, Host, HostAction};
+pub use crate::process::terminate;
+pub use crate::socket::{DirState, prepare_socket_dir, remove_stale_socket, set_mode};
+pub use crate::system::{
+    FsStats, Uname, clock_ticks, current_uid, hostname, page_size, statfs, uname,
+};
