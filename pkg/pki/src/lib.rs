@@ -35,6 +35,7 @@ mod key;
 mod name;
 mod pem;
 mod policy;
+pub mod tls;
 
 pub use crate::ca::{
     CA_VALIDITY, CLOCK_SKEW_ALLOWANCE, CaOptions, CertificateAuthority, ClientCertRequest,
@@ -50,6 +51,7 @@ pub use crate::name::{
 };
 pub use crate::pem::certificates_from_pem;
 pub use crate::policy::{DEFAULT_CSR_TTL, DEFAULT_MAX_CSR_BYTES, DEFAULT_MAX_SANS, SigningPolicy};
+pub use crate::tls::{TlsError, client_config, server_config_for_apid};
 
 /// Installs ring as the process-wide rustls crypto provider.
 ///

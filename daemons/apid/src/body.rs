@@ -1,0 +1,210 @@
+//! The response body apid sends: the upstream (or local) body passed through unchanged, plus
+//! what a byte-level proxy must still enforce and observe.
+//!
+//! - the 32 MiB message limit on machined's responses (checked on the 5-byte prefixes as the
+//!   bytes stream past);
+//! - the call's deadline, enforced locally as well as forwarded;
+//! - a broken upstream stream, or a request message refused mid-call, turned into proper gRPC
+//!   trailers instead of a reset stream;
+//! - the audit record's status code, read from the headers (trailers-only responses) or the
+//!   final trailer; the record is written when this body is dropped.
+//!
+//! When apid itself ends the stream early it drops the upstream body, which resets the
+//! upstream HTTP/2 stream: machined sees the cancellation.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use basalt_grpc::{FrameScanner, FrameTooLarge, MAX_MESSAGE_SIZE};
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use crate::audit::AuditGuard;
+use crate::error::Error;
+
+/// Limits that apply to a forwarded call's response.
+#[derive(Debug, Default)]
+pub(crate) struct Enforce {
+    /// Check response message sizes against [`MAX_MESSAGE_SIZE`].
+    pub(crate) message_limit: bool,
+    /// The call's deadline and the timeout it came from.
+    pub(crate) deadline: Option<(Instant, Duration)>,
+    /// Set by the request body when the client sent an oversized message.
+    pub(crate) request_too_large: Option<Arc<OnceLock<FrameTooLarge>>>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct ResponseBody {
+    inner: Body,
+    scanner: Option<FrameScanner>,
+    deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+    request_too_large: Option<Arc<OnceLock<FrameTooLarge>>>,
+    audit: Option<AuditGuard>,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Passing the inner body through.
+    Streaming,
+    /// apid ends the call: these trailers are sent next, then the body ends.
+    Trailers(HeaderMap),
+    /// Nothing more to send.
+    Done,
+}
+
+impl ResponseBody {
+    /// Wraps a response, reading a trailers-only status from its headers for the audit record.
+    pub(crate) fn wrap(
+        response: Response<Body>,
+        audit: Option<AuditGuard>,
+        enforce: Enforce,
+    ) -> Response<ResponseBody> {
+        let (parts, inner) = response.into_parts();
+        let mut audit = audit;
+        if let (Some(audit), Some(code)) = (audit.as_mut(), code_in(&parts.headers)) {
+            audit.set_code(code);
+        }
+        let body = ResponseBody {
+            inner,
+            scanner: enforce
+                .message_limit
+                .then(|| FrameScanner::new(MAX_MESSAGE_SIZE)),
+            deadline: enforce
+                .deadline
+                .map(|(at, timeout)| (Box::pin(tokio::time::sleep_until(at)), timeout)),
+            request_too_large: enforce.request_too_large,
+            audit,
+            state: State::Streaming,
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// A trailers-only error response for `err`.
+    pub(crate) fn error(err: Error, audit: Option<AuditGuard>) -> Response<ResponseBody> {
+        Self::wrap(Status::from(err).into_http(), audit, Enforce::default())
+    }
+
+    /// Ends the call with `status` as trailers, dropping (and so cancelling) the upstream body.
+    fn end_with(&mut self, status: Status) {
+        if let Some(audit) = self.audit.as_mut() {
+            audit.set_code(status.code());
+        }
+        let mut trailers = HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            // Only a message that cannot be a header value gets here; keep the code.
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        }
+        self.inner = Body::empty();
+        self.deadline = None;
+        self.state = State::Trailers(trailers);
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(audit) = self.audit.as_mut() {
+            audit.finish();
+        }
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            match std::mem::replace(&mut this.state, State::Done) {
+                State::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Trailers(trailers) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                State::Streaming => this.state = State::Streaming,
+            }
+
+            if let Some((sleep, timeout)) = this.deadline.as_mut()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                let timeout = *timeout;
+                this.end_with(Error::DeadlineExceeded { timeout }.into());
+                continue;
+            }
+
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(upstream))) => {
+                    // The client's oversized message made apid reset the upstream stream; say
+                    // so rather than passing on the resulting reset.
+                    let status = match this.request_too_large.as_ref().and_then(|r| r.get()) {
+                        Some(too_large) => Error::RequestTooLarge(*too_large).into(),
+                        None => Status::unavailable(format!(
+                            "machined stream broke: {}",
+                            upstream.message()
+                        )),
+                    };
+                    this.end_with(status);
+                    continue;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(scanner)) = (frame.data_ref(), this.scanner.as_mut())
+                        && let Err(too_large) = scanner.scan(data)
+                    {
+                        // Pass on the complete messages in front of the oversized one.
+                        let before = data.slice(..too_large.offset);
+                        this.end_with(Error::ResponseTooLarge(too_large).into());
+                        if !before.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(before))));
+                        }
+                        continue;
+                    }
+                    if let Some(trailers) = frame.trailers_ref()
+                        && let (Some(audit), Some(code)) = (this.audit.as_mut(), code_in(trailers))
+                    {
+                        audit.set_code(code);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.state {
+            State::Done => true,
+            State::Trailers(_) => false,
+            State::Streaming => self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Streaming => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The `grpc-status` in a header map, if any.
+fn code_in(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    value.parse::<i32>().ok().map(Code::from_i32)
+}

@@ -1,0 +1,209 @@
+//! apid's error type and its one mapping to gRPC statuses.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use basalt_authz::Denial;
+use basalt_grpc::{FrameTooLarge, ReloadError};
+use tonic::Status;
+
+/// Boxed error from the transport below us (tonic/hyper), kept with its chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can go wrong in apid: at startup (binding, credentials, audit sink) and per
+/// call (denials, machined unreachable, limits).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("bind {addr}")]
+    BindListener {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The TLS credentials could not be read or do not form a usable config.
+    #[error("load TLS credentials")]
+    LoadCredentials(#[source] ReloadError),
+
+    /// The audit file could not be opened for appending.
+    #[error("open audit log {}", .path.display())]
+    OpenAudit {
+        /// The configured file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The reflection service could not be built from the compiled-in descriptor sets (a bug).
+    #[error("build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+
+    /// The connection has no verified client certificate (cannot happen with the apid TLS
+    /// config, which requires one; kept as defence in depth).
+    #[error("no client certificate")]
+    NoPeerCertificate,
+
+    /// The verified client certificate could not be read.
+    #[error("read client certificate")]
+    ReadPeerCertificate {
+        /// Why it could not be parsed.
+        #[source]
+        source: basalt_pki::Error,
+    },
+
+    /// The caller's roles do not allow the method. The message names the method, the roles it
+    /// needs and the roles held.
+    #[error("{0}")]
+    PermissionDenied(Denial),
+
+    /// machined's socket could not be reached, or the connection to it broke.
+    #[error("machined is not reachable at {}", .socket.display())]
+    MachinedUnreachable {
+        /// machined's socket path.
+        socket: PathBuf,
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A request message exceeded the gRPC message limit.
+    #[error("request message is too large")]
+    RequestTooLarge(#[source] FrameTooLarge),
+
+    /// A response message from machined exceeded the gRPC message limit.
+    #[error("response message is too large")]
+    ResponseTooLarge(#[source] FrameTooLarge),
+
+    /// The call's deadline (`grpc-timeout`) passed in apid.
+    #[error("deadline of {timeout:?} exceeded")]
+    DeadlineExceeded {
+        /// The timeout the client asked for.
+        timeout: Duration,
+    },
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            // Authentication: the handshake should already have refused these.
+            Error::NoPeerCertificate | Error::ReadPeerCertificate { .. } => {
+                Status::unauthenticated(err.to_string())
+            }
+            // Authorization: the explanation is safe and useful to the caller (it only repeats
+            // the method, the rule and the roles of the caller's own certificate).
+            Error::PermissionDenied(denial) => Status::permission_denied(denial.to_string()),
+            // Dependency down: say where apid looked and why it failed, so an operator can tell
+            // "machined stopped" from "wrong socket path"; no secrets are involved.
+            Error::MachinedUnreachable { ref source, .. } => {
+                Status::unavailable(format!("{err}: {}", chain(source.as_ref())))
+            }
+            // Overload / limits.
+            Error::RequestTooLarge(too_large) => Status::resource_exhausted(format!(
+                "request message of {} bytes exceeds the limit of {} bytes",
+                too_large.size, too_large.limit
+            )),
+            Error::ResponseTooLarge(too_large) => Status::resource_exhausted(format!(
+                "response message of {} bytes exceeds the limit of {} bytes",
+                too_large.size, too_large.limit
+            )),
+            Error::DeadlineExceeded { .. } => Status::deadline_exceeded(err.to_string()),
+            // Startup errors never reach a caller; if one did, it is our fault.
+            err @ (Error::BindListener { .. }
+            | Error::LoadCredentials(_)
+            | Error::OpenAudit { .. }
+            | Error::Reflection(_)) => basalt_grpc::internal(&err),
+        }
+    }
+}
+
+/// `a: b: c` for an error and its sources.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // hyper and tonic often repeat the inner message in the outer one.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use basalt_authz::{Decision, Role, RoleSet, authorize};
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn each_group_maps_to_its_code() {
+        let Decision::Deny(denial) = authorize(
+            "/machine.MachineService/Reboot",
+            &RoleSet::from([Role::Reader]),
+        ) else {
+            panic!("reader may not reboot");
+        };
+        let status = Status::from(Error::PermissionDenied(denial));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "/machine.MachineService/Reboot needs one of os:admin, os:operator; \
+             the certificate holds os:reader"
+        );
+
+        let status = Status::from(Error::MachinedUnreachable {
+            socket: "/run/m.sock".into(),
+            source: Box::new(io::Error::from(io::ErrorKind::NotFound)),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with("machined is not reachable at /run/m.sock: "),
+            "{}",
+            status.message()
+        );
+
+        let too_large = FrameTooLarge {
+            size: 40 << 20,
+            limit: 32 << 20,
+            offset: 0,
+        };
+        assert_eq!(
+            Status::from(Error::RequestTooLarge(too_large)).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            Status::from(Error::ResponseTooLarge(too_large)).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            Status::from(Error::DeadlineExceeded {
+                timeout: Duration::from_secs(1)
+            })
+            .code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            Status::from(Error::NoPeerCertificate).code(),
+            Code::Unauthenticated
+        );
+        let status = Status::from(Error::OpenAudit {
+            path: "/secret/path".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("/secret/path"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Who is calling: the verified client certificate of a connection, and the effective roles
+//! and caller description of each call.
+//!
+//! Trust rule (DESIGN §3.2, STYLE §11 rule 3): identity and roles come only from the verified
+//! TLS leaf. The internal metadata keys `talos-role`, `basalt-caller` and `proxyfrom` are
+//! attacker-controlled when a client sends them, so every value is removed from every request;
+//! `talos-role` and `basalt-caller` are honoured only from a peer whose certificate holds
+//! `os:impersonator` (another node's apid forwarding a call, Talos's `Injector`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use basalt_authz::{Role, RoleSet, metadata};
+use basalt_pki::Identity;
+use http::{HeaderMap, HeaderValue};
+
+use crate::error::Error;
+
+/// The verified client certificate of one TLS connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    /// The TCP peer address.
+    pub(crate) addr: SocketAddr,
+    /// Subject CN, if the certificate has one.
+    pub(crate) common_name: Option<String>,
+    /// Serial number, lowercase hex.
+    pub(crate) serial: String,
+    /// SHA-256 of the certificate, lowercase hex.
+    pub(crate) fingerprint: String,
+    /// The roles in the certificate's Organization values (Talos parsing, unknown kept).
+    pub(crate) roles: RoleSet,
+}
+
+impl Peer {
+    /// Reads the leaf of the chain rustls verified during the handshake.
+    pub(crate) fn from_leaf(addr: SocketAddr, leaf: Option<&[u8]>) -> Result<Self, Error> {
+        let leaf = leaf.ok_or(Error::NoPeerCertificate)?;
+        let id =
+            Identity::from_der(leaf).map_err(|source| Error::ReadPeerCertificate { source })?;
+        let unknown: Vec<&str> = id.roles.unknown().collect();
+        if !unknown.is_empty() {
+            tracing::debug!(peer.addr = %addr, roles.unknown = ?unknown, "Certificate holds unknown roles");
+        }
+        Ok(Self {
+            addr,
+            common_name: id.common_name,
+            serial: id.serial,
+            fingerprint: id.fingerprint,
+            roles: id.roles,
+        })
+    }
+
+    /// Whether this peer may assert another caller's roles (`os:impersonator`).
+    pub(crate) fn is_impersonator(&self) -> bool {
+        self.roles.contains(&Role::Impersonator)
+    }
+
+    /// The `basalt-caller` value describing this peer holding `roles`; see [`caller_value`].
+    fn caller(&self, roles: &RoleSet) -> String {
+        caller_value(
+            self.common_name.as_deref(),
+            &self.serial,
+            &self.fingerprint,
+            roles,
+            self.addr,
+        )
+    }
+}
+
+/// The internal metadata a client sent, after it was removed from the request.
+#[derive(Debug, Default)]
+pub(crate) struct Stripped {
+    /// Every `talos-role` value, split on commas (grpc-go may join repeated values).
+    roles: Vec<String>,
+    /// The first `basalt-caller` value, if any and if it is valid UTF-8.
+    caller: Option<String>,
+}
+
+/// Removes every value of `talos-role`, `basalt-caller` and `proxyfrom` from `headers`.
+pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
+    let mut stripped = Stripped::default();
+    if let http::header::Entry::Occupied(entry) = headers.entry(metadata::ROLE) {
+        for value in entry.remove_entry_mult().1 {
+            if let Ok(text) = value.to_str() {
+                stripped.roles.extend(text.split(',').map(str::to_owned));
+            }
+        }
+    }
+    if let http::header::Entry::Occupied(entry) = headers.entry(metadata::CALLER) {
+        stripped.caller = entry
+            .remove_entry_mult()
+            .1
+            .next()
+            .and_then(|value| value.to_str().ok().map(str::to_owned));
+    }
+    // Loop guard for node routing; apid routes every call to the local machined for now, and a
+    // client must never be able to set it.
+    headers.remove(metadata::PROXY_FROM);
+    stripped
+}
+
+/// The identity a call runs with.
+#[derive(Clone, Debug)]
+pub(crate) struct CallIdentity {
+    /// The roles the call is authorized with and that machined receives in `talos-role`.
+    pub(crate) roles: RoleSet,
+    /// The `basalt-caller` value machined receives.
+    pub(crate) caller: String,
+    /// True when the roles came from an impersonator's `talos-role`, not from the certificate.
+    pub(crate) impersonated: bool,
+}
+
+impl CallIdentity {
+    /// Effective identity: the certificate's roles, or, for an `os:impersonator` peer that sent
+    /// `talos-role`, the roles it asserts (and the original caller it names, if any).
+    ///
+    /// An impersonator that sends no `talos-role` keeps its certificate roles, which no rule
+    /// names, so it is denied everywhere (Talos).
+    pub(crate) fn resolve(peer: &Peer, stripped: Stripped) -> Self {
+        if peer.is_impersonator() && !stripped.roles.is_empty() {
+            let roles = RoleSet::parse(stripped.roles.iter().map(String::as_str));
+            let caller = stripped.caller.unwrap_or_else(|| peer.caller(&roles));
+            return Self {
+                roles,
+                caller,
+                impersonated: true,
+            };
+        }
+        Self {
+            caller: peer.caller(&peer.roles),
+            roles: peer.roles.clone(),
+            impersonated: false,
+        }
+    }
+
+    /// Writes `talos-role` (one header value per role, as grpc-go's multi-valued metadata and
+    /// Talos's `SetMetadata` do) and `basalt-caller` into the upstream request.
+    ///
+    /// A role string that cannot be a header value (non-ASCII from an odd certificate) is
+    /// dropped: it could never match a rule anyway.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        for role in self.roles.iter() {
+            match HeaderValue::from_str(role.as_str()) {
+                Ok(value) => {
+                    headers.append(metadata::ROLE, value);
+                }
+                Err(_) => tracing::debug!(role = role.as_str(), "Role cannot be sent as metadata"),
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(&self.caller) {
+            headers.insert(metadata::CALLER, value);
+        }
+    }
+}
+
+/// Renders the `basalt-caller` value: `cn=<cn>;serial=<hex>;fp=<sha256 hex>;roles=<r1>,<r2>;addr=<ip:port>`.
+///
+/// Keys always appear in this order; `cn=` is empty when the certificate has no CN and `roles=`
+/// is empty for a certificate without roles. Values are percent-encoded (RFC 3986 style, `%XX`)
+/// for every byte outside `A-Z a-z 0-9 - . _ ~ : @ / +`, so `;`, `=`, `,` and non-ASCII never
+/// break the format and the whole value is a valid HTTP header value.
+pub(crate) fn caller_value(
+    common_name: Option<&str>,
+    serial: &str,
+    fingerprint: &str,
+    roles: &RoleSet,
+    addr: SocketAddr,
+) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| percent_encode(r.as_str())).collect();
+    format!(
+        "cn={};serial={};fp={};roles={};addr={}",
+        percent_encode(common_name.unwrap_or("")),
+        percent_encode(serial),
+        percent_encode(fingerprint),
+        roles.join(","),
+        percent_encode(&addr.to_string()),
+    )
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~:@/+".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(roles: &[&str]) -> Peer {
+        Peer {
+            addr: "127.0.0.1:4242".parse().unwrap(),
+            common_name: Some("alice".to_owned()),
+            serial: "1f".to_owned(),
+            fingerprint: "ab".repeat(32),
+            roles: RoleSet::parse(roles.iter().copied()),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn internal_metadata_is_removed_and_other_metadata_kept() {
+        let mut map = headers(&[
+            ("talos-role", "os:admin"),
+            ("talos-role", "os:operator,os:etcd:backup"),
+            ("basalt-caller", "cn=mallory"),
+            ("proxyfrom", "10.0.0.1"),
+            ("proxyfrom", "10.0.0.2"),
+            ("node", "10.0.0.9"),
+            ("grpc-timeout", "5S"),
+        ]);
+        let stripped = strip_internal_metadata(&mut map);
+        assert!(map.get("talos-role").is_none());
+        assert!(map.get("basalt-caller").is_none());
+        assert!(map.get("proxyfrom").is_none());
+        assert_eq!(map.get("node").unwrap(), "10.0.0.9");
+        assert_eq!(map.get("grpc-timeout").unwrap(), "5S");
+        assert_eq!(
+            stripped.roles,
+            ["os:admin", "os:operator", "os:etcd:backup"]
+        );
+        assert_eq!(stripped.caller.as_deref(), Some("cn=mallory"));
+    }
+
+    #[test]
+    fn a_plain_client_keeps_its_certificate_roles() {
+        let mut map = headers(&[("talos-role", "os:admin"), ("basalt-caller", "cn=root")]);
+        let call = CallIdentity::resolve(&peer(&["os:reader"]), strip_internal_metadata(&mut map));
+        assert_eq!(call.roles.strings(), ["os:reader"]);
+        assert!(!call.impersonated);
+        assert!(call.caller.starts_with("cn=alice;"), "{}", call.caller);
+    }
+
+    #[test]
+    fn an_impersonator_asserts_roles_and_caller() {
+        let mut map = headers(&[
+            ("talos-role", "os:operator"),
+            ("basalt-caller", "cn=bob;serial=2"),
+        ]);
+        let call = CallIdentity::resolve(
+            &peer(&["os:impersonator"]),
+            strip_internal_metadata(&mut map),
+        );
+        assert_eq!(call.roles.strings(), ["os:operator"]);
+        assert_eq!(call.caller, "cn=bob;serial=2");
+        assert!(call.impersonated);
+    }
+
+    #[test]
+    fn an_impersonator_without_roles_keeps_only_impersonator() {
+        let call = CallIdentity::resolve(&peer(&["os:impersonator"]), Stripped::default());
+        assert_eq!(call.roles.strings(), ["os:impersonator"]);
+        assert!(!call.impersonated);
+    }
+
+    #[test]
+    fn roles_are_forwarded_one_value_each() {
+        let call = CallIdentity::resolve(&peer(&["os:reader", "os:operator"]), Stripped::default());
+        let mut map = headers(&[("talos-role", "stale")]);
+        map.remove("talos-role");
+        call.apply(&mut map);
+        let values: Vec<&str> = map
+            .get_all("talos-role")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(values, ["os:operator", "os:reader"]);
+        assert!(map.get("basalt-caller").is_some());
+    }
+
+    #[test]
+    fn caller_value_is_escaped() {
+        let value = caller_value(
+            Some("a;b=c, d\u{e9}"),
+            "ff",
+            "00",
+            &RoleSet::parse(["os:admin", "x,y"]),
+            "[::1]:50000".parse().unwrap(),
+        );
+        assert_eq!(
+            value,
+            "cn=a%3Bb%3Dc%2C%20d%C3%A9;serial=ff;fp=00;roles=os:admin,x%2Cy;addr=%5B::1%5D:50000"
+        );
+        assert!(HeaderValue::from_str(&value).is_ok());
+        let empty = caller_value(
+            None,
+            "1",
+            "2",
+            &RoleSet::default(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        assert_eq!(empty, "cn=;serial=1;fp=2;roles=;addr=127.0.0.1:1");
+    }
+}

@@ -1,0 +1,74 @@
+//! The per-call pipeline: the one function that decides what happens to a request.
+
+use basalt_authz::{Decision, authorize};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tracing::warn;
+
+use crate::audit::AuditLog;
+use crate::body::{Enforce, ResponseBody};
+use crate::error::Error;
+use crate::forward::Machined;
+use crate::local::{self, LocalServices};
+use crate::peer::{CallIdentity, Peer, strip_internal_metadata};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) audit: AuditLog,
+    pub(crate) local: LocalServices,
+    pub(crate) machined: Machined,
+}
+
+/// Handles one call from an authenticated connection. Never fails: every outcome is a gRPC
+/// response (STYLE §3: rejections are `Status` responses, never transport errors).
+///
+/// The order of the steps is security-relevant; each carries its reason.
+pub(crate) async fn handle(
+    shared: &Shared,
+    peer: &Result<Peer, String>,
+    mut request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    // 0. The handshake verified the chain; a leaf we cannot read gets nothing (defence in depth).
+    let peer = match peer {
+        Ok(peer) => peer,
+        Err(_) => return ResponseBody::error(Error::NoPeerCertificate, None),
+    };
+    let method = request.uri().path().to_owned();
+
+    // 1. Internal metadata is attacker-controlled: remove every `talos-role`, `basalt-caller`
+    //    and `proxyfrom` value first, so nothing below can read a forged one; an
+    //    `os:impersonator` peer (another apid) is the only one whose asserted roles count.
+    let stripped = strip_internal_metadata(request.headers_mut());
+    let call = CallIdentity::resolve(peer, stripped);
+
+    // 2. Audit from here on: every call that reached this point gets exactly one record, written
+    //    when its response ends (so it carries the final status and the full duration).
+    let mut audit = shared.audit.start(peer, &call, &method);
+
+    // 3. Authorize before spending a hop on machined, with the same rules table machined
+    //    applies again. Health and reflection are apid's own, need no role, and are
+    //    deliberately kept out of the rules table (see `local`).
+    let is_local = local::is_local(&method);
+    if !is_local && let Decision::Deny(denial) = authorize(&method, &call.roles) {
+        warn!(
+            grpc.method = %method,
+            peer.addr = %peer.addr,
+            peer.cn = peer.common_name.as_deref().unwrap_or(""),
+            reason = %denial,
+            "Call denied"
+        );
+        audit.deny(denial.to_string());
+        return ResponseBody::error(Error::PermissionDenied(denial), Some(audit));
+    }
+
+    // 4. apid's own services answer locally.
+    if is_local {
+        let response = shared.local.call(request).await;
+        return ResponseBody::wrap(response, Some(audit), Enforce::default());
+    }
+
+    // 5. Everything else goes to machined, bytes untouched, with our `talos-role` and
+    //    `basalt-caller`, under the message limit and the call's deadline.
+    shared.machined.forward(request, &call, audit).await
+}

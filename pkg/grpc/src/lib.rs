@@ -1,0 +1,44 @@
+//! basalt-grpc: server-side plumbing shared by basalt's daemons.
+//!
+//! # What this crate owns
+//!
+//! - [`tls`]: the TLS accept loop. Every accepted TCP socket gets its own task that runs the
+//!   rustls handshake under a timeout, so one slow or silent client never holds up another's
+//!   handshake; finished streams come out of a channel. Failed handshakes are logged with the
+//!   peer address and a [`HandshakeFailure`] reason, and counted ([`HandshakeStats`]).
+//! - [`reload`]: keeps the current `rustls::ServerConfig` in a `tokio::sync::watch` and rebuilds
+//!   it when the certificate, key or CA files change (polled) or when asked to
+//!   ([`ReloadHandle`], wired to SIGHUP by the binaries). A failed rebuild keeps the old config.
+//!   Each handshake uses the latest config, so open connections are never touched by a reload.
+//! - [`frame`]: the gRPC length-prefixed framing seen as bytes stream past, to enforce the
+//!   32 MiB message limit ([`MAX_MESSAGE_SIZE`]) on payloads that are never decoded.
+//! - [`internal`]: the one way to turn an unexpected error into a gRPC `Internal` status
+//!   without leaking its text.
+//!
+//! # What it must not contain
+//!
+//! No client code (that is `basalt-client`) and no daemon-specific handlers. It knows nothing
+//! of roles or of the machine API; certificates are built by `basalt-pki`.
+
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod reload;
+pub mod tls;
+
+pub use crate::frame::{
+    FrameScanner, FrameTooLarge, LimitedBody, LimitedBodyError, MAX_MESSAGE_SIZE,
+};
+pub use crate::reload::{
+    CredentialFiles, CredentialPem, ReloadError, ReloadHandle, ServerConfigReloader,
+};
+pub use crate::tls::{
+    HandshakeFailure, HandshakeStats, HandshakeStatsHandle, TlsAcceptLoop, TlsConnection,
+};
+
+/// Turns an error nobody expected into `Internal`: the whole chain goes to the log at error
+/// level, the peer gets a generic message (STYLE §3: internals never leak to callers).
+pub fn internal(err: &(dyn std::error::Error + 'static)) -> tonic::Status {
+    tracing::error!(error = err, "Internal error");
+    tonic::Status::internal("internal error; see the server log")
+}
