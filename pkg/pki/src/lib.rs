@@ -11,8 +11,8 @@
 //! - **CSRs and the signing policy** ([`build_csr`], [`Csr`], [`SigningPolicy`]): trustd signs
 //!   only what the policy builds, taking from a verified CSR just its key, CN and SANs.
 //! - **Reading identities** ([`Identity`]): CN, roles, serial, fingerprint and EKU of a leaf.
-//! - **PEM** ([`certificates_from_pem`]) and the one-time rustls crypto-provider install
-//!   ([`install_crypto_provider`]).
+//! - **PEM** ([`certificates_from_pem`], [`certificates_to_pem`]) and the one-time rustls
+//!   crypto-provider install ([`install_crypto_provider`]).
 //!
 //! # What it must not contain
 //!
@@ -49,9 +49,11 @@ pub use crate::name::{
     MAX_COMMON_NAME_LEN, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, MAX_ORGANIZATION_LEN, SubjectAltName,
     validate_common_name, validate_dns_name,
 };
-pub use crate::pem::certificates_from_pem;
+pub use crate::pem::{certificates_from_pem, certificates_to_pem};
 pub use crate::policy::{DEFAULT_CSR_TTL, DEFAULT_MAX_CSR_BYTES, DEFAULT_MAX_SANS, SigningPolicy};
-pub use crate::tls::{TlsError, client_config, server_config_for_apid};
+pub use crate::tls::{
+    TlsError, client_config, server_config_for_apid, server_config_without_client_auth,
+};
 
 /// Installs ring as the process-wide rustls crypto provider.
 ///

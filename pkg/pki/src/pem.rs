@@ -40,6 +40,18 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs.into_iter().map(CertificateDer::from).collect())
 }
 
+/// Encodes certificates as one PEM bundle (`CERTIFICATE` blocks, `\n` line endings), in order.
+///
+/// The counterpart of [`certificates_from_pem`]: trustd rebuilds the CA bundle it hands out
+/// from parsed certificates, so nothing but certificates (no stray key block of a hand-edited
+/// file) ever leaves the node.
+pub fn certificates_to_pem<C: AsRef<[u8]>>(certs: &[C]) -> String {
+    certs
+        .iter()
+        .map(|der| encode(CERTIFICATE_LABEL, der.as_ref()))
+        .collect()
+}
+
 /// Decodes every PEM block, refusing broken framing and truncated blocks.
 pub(crate) fn parse_blocks(input: &[u8], what: &'static str) -> Result<Vec<pem::Pem>, Error> {
     let blocks = pem::parse_many(input).map_err(|source| Error::ParsePem { what, source })?;
@@ -116,6 +128,23 @@ mod tests {
             certificates_from_pem(input.as_bytes()),
             Err(Error::ParsePem { .. })
         ));
+    }
+
+    #[test]
+    fn a_bundle_round_trips_and_keeps_only_certificates() {
+        let ca = crate::CertificateAuthority::generate(&crate::CaOptions::talos_os()).expect("ca");
+        let other =
+            crate::CertificateAuthority::generate(&crate::CaOptions::talos_os()).expect("ca");
+        let input = format!("{}{}{}", ca.cert_pem(), ca.key_pem(), other.cert_pem());
+        let certs = certificates_from_pem(input.as_bytes()).expect("parse");
+        assert_eq!(certs.len(), 2);
+        let bundle = certificates_to_pem(&certs);
+        assert!(!bundle.contains("PRIVATE KEY"));
+        assert_eq!(bundle, format!("{}{}", ca.cert_pem(), other.cert_pem()));
+        assert_eq!(
+            certificates_from_pem(bundle.as_bytes()).expect("again"),
+            certs
+        );
     }
 
     #[test]

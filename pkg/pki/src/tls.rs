@@ -1,4 +1,5 @@
-//! rustls configs for basalt: apid's mutual-TLS server and the clients that call it.
+//! rustls configs for basalt: apid's mutual-TLS server, trustd's server-only TLS, and the
+//! clients that call them.
 //!
 //! Policy, in one place:
 //! - **TLS 1.3 only**, ring provider only, ALPN `h2` (grpc-go ≥ 1.67 insists on it).
@@ -137,6 +138,31 @@ pub fn server_config_for_apid(
         .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     // No resumption: every connection runs the full client verification (see module docs).
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    Ok(config)
+}
+
+/// trustd's server config: TLS 1.3, ALPN `h2`, **no client authentication** (callers are
+/// nodes that have no certificate yet; they authenticate with the join token inside the call),
+/// no session tickets or session cache.
+///
+/// Resumption is off for the same reason as apid's, minus the verifier: nothing is gained for
+/// a call a node makes twice a day, and every connection stays a full handshake with the
+/// current certificate. Inputs are read as in [`server_config_for_apid`].
+pub fn server_config_without_client_auth(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<ServerConfig, TlsError> {
+    let chain = certificates_from_pem(cert_chain_pem).map_err(TlsError::ReadCertificate)?;
+    let key = private_key_der(key_pem)?;
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(config)
@@ -519,6 +545,43 @@ mod tests {
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
         assert_eq!(config.send_tls13_tickets, 0);
         assert!(!config.session_storage.can_cache());
+    }
+
+    #[test]
+    fn server_without_client_auth_accepts_a_client_without_a_certificate() {
+        let pki = pki();
+        let server = server_config_without_client_auth(
+            pki.server_cert.as_bytes(),
+            pki.server_key.as_bytes(),
+        )
+        .expect("server config");
+        assert_eq!(server.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(server.send_tls13_tickets, 0);
+        assert!(!server.session_storage.can_cache());
+        let name = ServerName::try_from("127.0.0.1").expect("name");
+        let mut server = ServerConnection::new(Arc::new(server)).expect("server");
+        let client = client_config(pki.ca.cert_pem().as_bytes(), None).expect("client");
+        let mut client = ClientConnection::new(Arc::new(client), name).expect("client");
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).expect("client write");
+            server.read_tls(&mut buf.as_slice()).expect("server read");
+            server.process_new_packets().expect("server");
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).expect("server write");
+            client.read_tls(&mut buf.as_slice()).expect("client read");
+            client.process_new_packets().expect("client");
+            if !server.is_handshaking() && !client.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking() && !client.is_handshaking());
+        assert_eq!(server.alpn_protocol(), Some(ALPN_H2));
+        assert!(server.peer_certificates().is_none());
+        assert!(matches!(
+            server_config_without_client_auth(b"junk", pki.server_key.as_bytes()),
+            Err(TlsError::ReadCertificate(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! The `trustd` binary: flags → telemetry → config → `Server::bind` → serve until a signal.
+//!
+//! Exit codes: 0 after a clean shutdown, 64 (EX_USAGE) for bad flags, an invalid config or
+//! unusable credentials, CA or journal, 1 for any other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use basalt_config::TrustdConfig;
+use clap::{Parser, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use trustd::{Error, Server};
+
+/// Exit code for bad flags or configuration (BSD EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// basalt's node certificate signer: join-token authentication, per-peer limits, CSR signing
+/// under a fixed policy, and an issuance journal.
+#[derive(Debug, Parser)]
+#[command(name = "trustd", version)]
+struct Args {
+    /// The trustd config file (YAML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Validate the config and the files it names, then exit (0 = ok, 64 = problems).
+    #[arg(long)]
+    check_config: bool,
+
+    /// Log output format. The filter comes from BASALT_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "BASALT_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            let _ = err.print();
+            return match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    init_telemetry(args.log_format);
+    basalt_pki::install_crypto_provider();
+
+    let config = match TrustdConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("trustd: {:#}", anyhow::Error::from(err));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if args.check_config {
+        return match trustd::check_config(&config) {
+            Ok(()) => {
+                eprintln!("trustd: {} is valid", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("trustd: {:#}", anyhow::Error::from(err));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
+
+    // Talos runs trustd with GOMAXPROCS 2: signing is short CPU work, two threads are plenty.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            error!(
+                error = &err as &dyn std::error::Error,
+                "Cannot start the runtime"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let usage = matches!(
+                err.downcast_ref::<Error>(),
+                Some(
+                    Error::LoadCredentials(_)
+                        | Error::ReadFile { .. }
+                        | Error::LoadCa { .. }
+                        | Error::LoadAcceptedCas { .. }
+                        | Error::AcceptedCaNotACa { .. }
+                        | Error::OpenJournal { .. }
+                )
+            );
+            error!("{err:#}");
+            eprintln!("trustd: {err:#}");
+            if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(config: TrustdConfig) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+
+    let bound = Server::bind(config).await?;
+    info!(addr = %bound.local_addr(), "Listening");
+
+    let reload = bound.reload_handle();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP: reloading TLS credentials");
+            // Failures are logged by the reloader; the previous credentials stay in use.
+            let _ = reload.reload().await;
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received"),
+            _ = interrupt.recv() => info!("SIGINT received"),
+        }
+    };
+    bound.serve(shutdown).await?;
+    Ok(())
+}
+
+fn init_telemetry(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("BASALT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,120 @@
+//! The `securityapi.SecurityService` handler: CSR in, certificate and CA bundle out.
+//!
+//! The order matters: the size cap is checked before any parsing, the CSR's signature before
+//! its contents are looked at, the policy before signing, and the journal line is durable
+//! before the certificate is returned (a certificate that exists without a record would be
+//! invisible to an operator looking for what was issued).
+
+use std::sync::Arc;
+
+use basalt_api::securityapi::security_service_server::SecurityService;
+use basalt_api::securityapi::{CertificateRequest, CertificateResponse};
+use basalt_pki::{CertificateAuthority, Identity, SigningPolicy};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::admission::Admitted;
+use crate::error::Error;
+use crate::journal::{self, Journal, JournalRecord};
+
+/// Everything the handler needs, loaded once by `Server::bind`.
+#[derive(Debug)]
+pub(crate) struct Signer {
+    pub(crate) ca: CertificateAuthority,
+    pub(crate) policy: SigningPolicy,
+    /// The response's `ca`: the issuing CA followed by the other accepted CAs, as PEM.
+    pub(crate) bundle: Vec<u8>,
+    pub(crate) journal: Journal,
+}
+
+impl Signer {
+    /// Signs `csr_pem` for an admitted caller; see the module docs for the order of steps.
+    pub(crate) async fn issue(
+        &self,
+        admitted: &Admitted,
+        csr_pem: &[u8],
+    ) -> Result<CertificateResponse, Error> {
+        let csr = self.policy.parse_csr(csr_pem).map_err(Error::from_parse)?;
+        let cert_pem = self
+            .ca
+            .sign_csr(&csr, &self.policy)
+            .map_err(Error::from_sign)?;
+        let leaf = Identity::from_pem(&cert_pem).map_err(Error::ReadIssued)?;
+        let record = JournalRecord::new(&leaf, admitted.peer, &admitted.token);
+        self.journal.append(&record).await.map_err(Error::Journal)?;
+
+        info!(
+            peer.addr = %admitted.peer,
+            cert.cn = leaf.common_name.as_deref().unwrap_or(""),
+            cert.sans = ?journal::sans(&leaf),
+            cert.serial = %leaf.serial,
+            cert.not_after = %record.not_after,
+            token = %admitted.token,
+            "Certificate issued"
+        );
+        let asked_for_more = csr.requested_ca()
+            || !csr.requested_organizations().is_empty()
+            || csr
+                .requested_ext_key_usages()
+                .iter()
+                .any(|eku| eku != "serverAuth")
+            || csr.dropped_san_count() > 0;
+        if asked_for_more {
+            // Worth a look: a worker's CSR never asks for any of this.
+            warn!(
+                peer.addr = %admitted.peer,
+                csr.ca = csr.requested_ca(),
+                csr.organizations = ?csr.requested_organizations(),
+                csr.ext_key_usages = ?csr.requested_ext_key_usages(),
+                csr.dropped_sans = csr.dropped_san_count(),
+                "CSR asked for more than the policy grants; issued a plain server certificate"
+            );
+        }
+        Ok(CertificateResponse {
+            ca: self.bundle.clone(),
+            crt: cert_pem.into_bytes(),
+        })
+    }
+}
+
+/// The tonic service, a thin shell over [`Signer`].
+#[derive(Clone, Debug)]
+pub(crate) struct CertificateService {
+    signer: Arc<Signer>,
+}
+
+impl CertificateService {
+    pub(crate) fn new(signer: Arc<Signer>) -> Self {
+        Self { signer }
+    }
+}
+
+#[tonic::async_trait]
+impl SecurityService for CertificateService {
+    async fn certificate(
+        &self,
+        request: Request<CertificateRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let Some(admitted) = request.extensions().get::<Admitted>().cloned() else {
+            return Err(Error::NotAdmitted.into());
+        };
+        let csr = request.into_inner().csr;
+        match self.signer.issue(&admitted, &csr).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(err) => {
+                if !matches!(
+                    err,
+                    Error::Sign(_) | Error::ReadIssued(_) | Error::Journal(_)
+                ) {
+                    // Internal errors are logged by the status mapping; caller faults here.
+                    warn!(
+                        peer.addr = %admitted.peer,
+                        error = &err as &dyn std::error::Error,
+                        "CSR refused"
+                    );
+                }
+                Err(err.into())
+            }
+        }
+    }
+}
