@@ -3,27 +3,47 @@ CARGO ?= cargo
 BASALTCTL := target/debug/basaltctl
 OUT := hack/out
 
-.PHONY: all build run test check fmt fmt-check clippy lint clean
+.PHONY: all build run test e2e deps bench check fmt fmt-check clippy lint clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-# What exists at this stage: generate secrets, node configs and an admin client config
-# into hack/out, then show what the client config holds.
+# A one-node cluster on this machine: machined (detached, state in hack/out/dev) runs apid on
+# 127.0.0.1:50000 (or a free loopback address if that is taken). A previous `dev` is destroyed
+# first. The context "dev" is merged into the client config ($$BASALTCONFIG or ~/.basalt/config).
+DEV_STATE := $(OUT)/dev
 run:
-	$(CARGO) build -p basaltctl
-	mkdir -p $(OUT)
-	$(BASALTCTL) gen secrets -o $(OUT)/secrets.yaml --force
-	$(BASALTCTL) gen config dev 127.0.0.1 --with-secrets $(OUT)/secrets.yaml -o $(OUT) --force
-	$(BASALTCTL) --config $(OUT)/basaltconfig config info
+	$(CARGO) build --workspace --bins
+	@$(BASALTCTL) cluster destroy --name dev --state $(DEV_STATE) >/dev/null 2>&1 || true
+	$(BASALTCTL) cluster create --name dev --state $(DEV_STATE)
+	$(BASALTCTL) --context dev version
+	$(BASALTCTL) --context dev memory
 	@echo
-	@echo "Try: $(BASALTCTL) --config $(OUT)/basaltconfig config contexts"
-	@echo "     $(BASALTCTL) gen client-config --with-secrets $(OUT)/secrets.yaml --roles os:reader --cert-ttl 24h -o $(OUT)/reader.config"
+	@echo "Talk to it:  $(BASALTCTL) --context dev processes | mounts | loadavg | stats | hostname"
+	@echo "             (add -o json or -o yaml; -n NODE,... targets nodes through apid)"
+	@echo "Destroy it:  $(BASALTCTL) cluster destroy --name dev --state $(DEV_STATE)"
 
 test:
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+# Only the end-to-end tests (tests/, real machined + apid processes). The binaries are built
+# first so the scenarios never run a stale daemon.
+e2e:
+	$(CARGO) build -p machined -p apid -p basaltctl
+	$(CARGO) test -p basalt-e2e
+
+# What the tests need beyond cargo: the openssl binary (handshake tests) and Python grpcio +
+# grpcio-tools (the foreign-client test, tests/tests/python_interop.rs).
+deps:
+	command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+	python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+
+# Release build, one node on loopback, load from hack/loadgen; writes docs/BENCHMARKS.md and
+# docs/bench/*.json. Never part of `make test`.
+bench:
+	bash hack/bench.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,614 @@
+//! basalt-loadgen: a bounded load generator for apid and machined, for `hack/bench.sh`.
+//!
+//! It sends one unary gRPC method (by full path, default `/machine.MachineService/Version`) with
+//! a raw request body (default empty, a valid `google.protobuf.Empty`) and never decodes the
+//! reply: a bytes codec on `tonic::client::Grpc` keeps the client's cost out of the figures.
+//!
+//! Targets: apid over mTLS (`--apid ADDR` with `--client-config` or `--ca/--cert/--key`), or
+//! machined's unix socket in plain HTTP/2 (`--unix PATH`, usually with `--metadata
+//! talos-role=os:admin`, which machined trusts from an allowed uid). Connections are persistent
+//! (`--connections`, shared round-robin by the `--concurrency` workers) or made anew for every
+//! request (`--new-connection`: TCP + TLS 1.3 handshake + HTTP/2 preface + the call).
+//!
+//! Every run is bounded: a request count (`--requests`, at most 10 000 000) or a duration
+//! (`--duration`, at most 600 s), plus a per-request timeout. Output: one JSON object on stdout
+//! with req/s, latency percentiles in microseconds, and errors by gRPC code.
+//!
+//! Only ever point it at loopback addresses on this machine.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::{Buf as _, BufMut as _, Bytes};
+use clap::Parser;
+use http::uri::PathAndQuery;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use serde::Serialize;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status};
+
+const MAX_CONCURRENCY: usize = 1024;
+const MAX_REQUESTS: u64 = 10_000_000;
+const MAX_DURATION: Duration = Duration::from_secs(600);
+/// gRPC message limit, as Talos (32 MiB).
+const MAX_MESSAGE_SIZE: usize = 32 * 1024 * 1024;
+/// Error messages kept as samples in the report.
+const ERROR_SAMPLES: usize = 3;
+
+/// Unary gRPC load against apid (mTLS) or machined (unix socket).
+#[derive(Debug, Parser)]
+#[command(name = "basalt-loadgen", version)]
+struct Cli {
+    /// apid's address, e.g. 127.0.0.1:50000 (mTLS).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "unix",
+        required_unless_present = "unix"
+    )]
+    apid: Option<SocketAddr>,
+
+    /// machined's unix socket (plain HTTP/2).
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+
+    /// Client config (talosconfig layout) whose current context gives ca, crt and key.
+    #[arg(long, value_name = "FILE")]
+    client_config: Option<PathBuf>,
+
+    /// CA bundle (PEM) to verify apid with, instead of --client-config.
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), with --ca.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+
+    /// Client key (PEM), with --ca.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+
+    /// Full gRPC method path.
+    #[arg(long, default_value = "/machine.MachineService/Version")]
+    method: String,
+
+    /// Request body: protobuf bytes in hex (default: empty).
+    #[arg(long, value_name = "HEX", default_value = "")]
+    body_hex: String,
+
+    /// Request metadata KEY=VALUE; repeatable.
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    metadata: Vec<String>,
+
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+
+    /// Persistent connections shared by the workers (ignored with --new-connection).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+
+    /// Open a new connection (full handshake) for every request.
+    #[arg(long)]
+    new_connection: bool,
+
+    /// Measured requests (ignored with --duration).
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+
+    /// Run for this many seconds instead of a request count.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+
+    /// Unmeasured requests sent first (connection set-up, allocator and cache warm-up).
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+
+    /// Per-request timeout in seconds; a request that takes longer counts as an error.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+
+    /// Free text copied into the report.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// Where the requests go.
+#[derive(Clone)]
+enum Target {
+    Apid {
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+    },
+    Unix {
+        path: PathBuf,
+    },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Apid { addr, .. } => format!("apid mTLS {addr}"),
+            Target::Unix { path } => format!("machined unix {}", path.display()),
+        }
+    }
+
+    /// One HTTP/2 connection (for apid: TCP, TLS 1.3 with the client certificate, ALPN h2).
+    async fn connect(&self) -> anyhow::Result<Channel> {
+        let endpoint = Endpoint::from_static("http://loadgen.invalid")
+            .connect_timeout(Duration::from_secs(10));
+        let channel = match self.clone() {
+            Target::Apid { addr, tls } => {
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let tls = tls.clone();
+                        async move {
+                            let tcp = TcpStream::connect(addr).await?;
+                            tcp.set_nodelay(true)?;
+                            let stream = TlsConnector::from(tls)
+                                .connect(ServerName::from(addr.ip()), tcp)
+                                .await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(stream))
+                        }
+                    }))
+                    .await
+            }
+            Target::Unix { path } => {
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move { UnixStream::connect(path).await.map(TokioIo::new) }
+                    }))
+                    .await
+            }
+        };
+        channel.with_context(|| format!("connect to {}", self.describe()))
+    }
+}
+
+/// What every worker needs to send one request.
+struct Call {
+    path: PathAndQuery,
+    body: Bytes,
+    metadata: Vec<(
+        MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
+    timeout: Duration,
+}
+
+impl Call {
+    async fn send(&self, channel: Channel) -> Result<(), Status> {
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let mut request = tonic::Request::new(self.body.clone());
+        for (key, value) in &self.metadata {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|err| Status::unavailable(format!("channel not ready: {err}")))?;
+            grpc.unary::<Bytes, Bytes, _>(request, self.path.clone(), RawCodec)
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded("loadgen timeout")),
+        }
+    }
+}
+
+/// When a phase stops.
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    Requests(u64),
+    Until(Instant),
+}
+
+/// One worker's results.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    samples: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    label: String,
+    target: String,
+    method: String,
+    mode: &'static str,
+    concurrency: usize,
+    connections: usize,
+    requests: u64,
+    ok: u64,
+    errors: u64,
+    error_codes: BTreeMap<String, u64>,
+    error_samples: Vec<String>,
+    duration_s: f64,
+    rps: f64,
+    latency_us: Latency,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    min: u64,
+    mean: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    basalt_pki::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    let report = runtime.block_on(run(cli))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Report> {
+    ensure!(
+        (1..=MAX_CONCURRENCY).contains(&cli.concurrency),
+        "--concurrency must be 1..={MAX_CONCURRENCY}"
+    );
+    ensure!(
+        (1..=cli.concurrency).contains(&cli.connections),
+        "--connections must be 1..=concurrency"
+    );
+    ensure!(
+        (1..=MAX_REQUESTS).contains(&cli.requests),
+        "--requests must be 1..={MAX_REQUESTS}"
+    );
+    ensure!(
+        cli.warmup <= MAX_REQUESTS,
+        "--warmup must be at most {MAX_REQUESTS}"
+    );
+    ensure!(
+        cli.timeout > 0.0 && cli.timeout <= 60.0,
+        "--timeout must be in (0, 60] seconds"
+    );
+    let duration = match cli.duration {
+        Some(secs) => {
+            ensure!(
+                secs > 0.0 && secs <= MAX_DURATION.as_secs_f64(),
+                "--duration must be in (0, {}] seconds",
+                MAX_DURATION.as_secs()
+            );
+            Some(Duration::from_secs_f64(secs))
+        }
+        None => None,
+    };
+
+    let target = target(&cli)?;
+    let call = Arc::new(Call {
+        path: PathAndQuery::try_from(cli.method.as_str())
+            .with_context(|| format!("--method {:?} is not a path", cli.method))?,
+        body: Bytes::from(hex(&cli.body_hex)?),
+        metadata: metadata(&cli.metadata)?,
+        timeout: Duration::from_secs_f64(cli.timeout),
+    });
+
+    let mut channels = Vec::new();
+    if !cli.new_connection {
+        for _ in 0..cli.connections {
+            channels.push(target.connect().await?);
+        }
+    }
+    let channels = Arc::new(channels);
+
+    if cli.warmup > 0 {
+        phase(
+            &target,
+            &call,
+            &channels,
+            cli.concurrency,
+            Bound::Requests(cli.warmup),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let bound = match duration {
+        Some(d) => Bound::Until(started + d),
+        None => Bound::Requests(cli.requests),
+    };
+    let tallies = phase(&target, &call, &channels, cli.concurrency, bound).await;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::new();
+    let mut error_codes = BTreeMap::new();
+    let mut samples = Vec::new();
+    for tally in tallies {
+        latencies.extend(tally.latencies_us);
+        for (code, n) in tally.errors {
+            *error_codes.entry(code).or_insert(0) += n;
+        }
+        samples.extend(tally.samples);
+    }
+    samples.truncate(ERROR_SAMPLES);
+    let errors: u64 = error_codes.values().sum();
+    let ok = latencies.len() as u64;
+    latencies.sort_unstable();
+    let requests = ok + errors;
+    Ok(Report {
+        label: cli.label,
+        target: target.describe(),
+        method: cli.method,
+        mode: if cli.new_connection {
+            "new-connection"
+        } else {
+            "persistent"
+        },
+        concurrency: cli.concurrency,
+        connections: if cli.new_connection {
+            0
+        } else {
+            cli.connections
+        },
+        requests,
+        ok,
+        errors,
+        error_codes,
+        error_samples: samples,
+        duration_s: elapsed,
+        rps: requests as f64 / elapsed,
+        latency_us: Latency {
+            min: latencies.first().copied().unwrap_or(0),
+            mean: latencies.iter().sum::<u64>().checked_div(ok).unwrap_or(0),
+            p50: percentile(&latencies, 0.50),
+            p90: percentile(&latencies, 0.90),
+            p99: percentile(&latencies, 0.99),
+            max: latencies.last().copied().unwrap_or(0),
+        },
+    })
+}
+
+/// Runs `concurrency` workers until `bound`; latencies are of successful calls only.
+async fn phase(
+    target: &Target,
+    call: &Arc<Call>,
+    channels: &Arc<Vec<Channel>>,
+    concurrency: usize,
+    bound: Bound,
+) -> Vec<Tally> {
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let (target, call, channels, issued) = (
+            target.clone(),
+            Arc::clone(call),
+            Arc::clone(channels),
+            Arc::clone(&issued),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            loop {
+                match bound {
+                    Bound::Requests(n) => {
+                        if issued.fetch_add(1, Ordering::Relaxed) >= n {
+                            break;
+                        }
+                    }
+                    Bound::Until(deadline) => {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                }
+                let start = Instant::now();
+                let result = if channels.is_empty() {
+                    match target.connect().await {
+                        Ok(channel) => call.send(channel).await,
+                        Err(err) => Err(Status::unavailable(format!("{err:#}"))),
+                    }
+                } else {
+                    call.send(channels[worker % channels.len()].clone()).await
+                };
+                match result {
+                    Ok(()) => tally
+                        .latencies_us
+                        .push(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)),
+                    Err(status) => {
+                        *tally.errors.entry(code_name(status.code())).or_insert(0) += 1;
+                        if tally.samples.len() < ERROR_SAMPLES {
+                            tally.samples.push(format!(
+                                "{:?}: {}",
+                                status.code(),
+                                status.message()
+                            ));
+                        }
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut tallies = Vec::with_capacity(concurrency);
+    for worker in workers {
+        match worker.await {
+            Ok(tally) => tallies.push(tally),
+            Err(err) => {
+                let mut tally = Tally::default();
+                tally.errors.insert("worker-panicked".to_owned(), 1);
+                tally.samples.push(err.to_string());
+                tallies.push(tally);
+            }
+        }
+    }
+    tallies
+}
+
+fn target(cli: &Cli) -> anyhow::Result<Target> {
+    if let Some(path) = &cli.unix {
+        return Ok(Target::Unix { path: path.clone() });
+    }
+    let Some(addr) = cli.apid else {
+        bail!("give --apid ADDR or --unix PATH");
+    };
+    let (ca, cert, key) = match (&cli.client_config, &cli.ca, &cli.cert, &cli.key) {
+        (Some(path), None, None, None) => {
+            let config = basalt_config::ClientConfig::load(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            let (name, context) = config.current()?;
+            let field = |value: &Option<basalt_config::Base64Pem>, what: &str| {
+                value
+                    .as_ref()
+                    .map(|pem| pem.as_bytes().to_vec())
+                    .with_context(|| format!("context {name:?} has no {what}"))
+            };
+            (
+                field(&context.ca, "ca")?,
+                field(&context.crt, "crt")?,
+                field(&context.key, "key")?,
+            )
+        }
+        (None, Some(ca), Some(cert), Some(key)) => (read(ca)?, read(cert)?, read(key)?),
+        _ => bail!("for --apid give either --client-config or all of --ca, --cert and --key"),
+    };
+    let tls = basalt_pki::tls::client_config(&ca, Some((&cert, &key)))
+        .context("build the client TLS config")?;
+    Ok(Target::Apid {
+        addr,
+        tls: Arc::new(tls),
+    })
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+fn metadata(
+    pairs: &[String],
+) -> anyhow::Result<
+    Vec<(
+        MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
+> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--metadata {pair:?} is not KEY=VALUE"))?;
+            Ok((
+                MetadataKey::from_bytes(key.as_bytes())
+                    .with_context(|| format!("bad metadata key {key:?}"))?,
+                value
+                    .parse()
+                    .with_context(|| format!("bad metadata value {value:?}"))?,
+            ))
+        })
+        .collect()
+}
+
+fn hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    ensure!(
+        text.len().is_multiple_of(2),
+        "--body-hex needs an even number of digits"
+    );
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16)
+                .with_context(|| format!("--body-hex: {:?} is not hex", &text[i..i + 2]))
+        })
+        .collect()
+}
+
+/// The nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn code_name(code: Code) -> String {
+    format!("{code:?}")
+}
+
+// === impl RawCodec ===
+
+/// Sends and receives message bodies as opaque bytes (gRPC framing is tonic's).
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 0.50), 50);
+        assert_eq!(percentile(&values, 0.99), 99);
+        assert_eq!(percentile(&values, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.5), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn hex_bodies_decode() {
+        assert_eq!(hex("").ok(), Some(vec![]));
+        assert_eq!(hex("0a01ff").ok(), Some(vec![0x0a, 0x01, 0xff]));
+        assert!(hex("abc").is_err());
+        assert!(hex("zz").is_err());
+    }
+}
