@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use basalt_config::client::ClientConfig;
+use basalt_config::client::{ClientConfig, Context};
 use basalt_pki::Identity;
 use clap::Subcommand;
 use serde::Serialize;
@@ -34,6 +34,8 @@ pub(crate) enum ConfigCommand {
     },
     /// Set the default target nodes of the current context.
     Nodes { nodes: Vec<String> },
+    /// Ask a control-plane node for a new client certificate and save it as a client config.
+    New(crate::config_new::NewArgs),
 }
 
 pub(crate) fn run(cmd: ConfigCommand, globals: &Globals) -> anyhow::Result<()> {
@@ -79,6 +81,7 @@ pub(crate) fn run(cmd: ConfigCommand, globals: &Globals) -> anyhow::Result<()> {
             edit_context(globals, |context| context.endpoints = endpoints)
         }
         ConfigCommand::Nodes { nodes } => edit_context(globals, |context| context.nodes = nodes),
+        ConfigCommand::New(args) => crate::config_new::run(args, globals),
     }
 }
 
@@ -118,6 +121,22 @@ fn edit_context(
     save(&config, globals)
 }
 
+/// The context named by `--context`, else the current one.
+pub(crate) fn select_context<'a>(
+    config: &'a ClientConfig,
+    name: Option<&'a str>,
+) -> anyhow::Result<(&'a str, &'a Context)> {
+    match name {
+        Some(name) => {
+            let context = config.contexts.get(name).with_context(|| {
+                format!("no context {name:?}; known: {}", context_names(config))
+            })?;
+            Ok((name, context))
+        }
+        None => Ok(config.current()?),
+    }
+}
+
 /// What `config info` shows.
 #[derive(Debug, Serialize)]
 struct ContextInfo {
@@ -134,15 +153,7 @@ struct ContextInfo {
 }
 
 fn context_info(config: &ClientConfig, name: Option<&str>) -> anyhow::Result<ContextInfo> {
-    let (name, context) = match name {
-        Some(name) => {
-            let context = config.contexts.get(name).with_context(|| {
-                format!("no context {name:?}; known: {}", context_names(config))
-            })?;
-            (name, context)
-        }
-        None => config.current()?,
-    };
+    let (name, context) = select_context(config, name)?;
     let crt = context
         .crt
         .as_ref()

@@ -184,7 +184,7 @@ fn gen_client_config(args: &ClientConfigArgs) -> anyhow::Result<()> {
 
 /// A new bundle: the OS CA (Ed25519 unless asked otherwise) plus the etcd and Kubernetes CAs
 /// Talos tooling expects to find in a secrets.yaml.
-fn new_bundle(os_algorithm: KeyAlgorithm) -> anyhow::Result<SecretsBundle> {
+pub(crate) fn new_bundle(os_algorithm: KeyAlgorithm) -> anyhow::Result<SecretsBundle> {
     let os = CertificateAuthority::generate(&CaOptions {
         algorithm: os_algorithm,
         ..CaOptions::talos_os()
@@ -225,7 +225,7 @@ fn load_bundle(path: &Path) -> anyhow::Result<SecretsBundle> {
 }
 
 /// Issues a client certificate from the bundle's OS CA and wraps it in a one-context config.
-fn client_config(
+pub(crate) fn client_config(
     bundle: &SecretsBundle,
     roles: &RoleSet,
     ttl: Duration,
@@ -286,7 +286,7 @@ fn known_role_list() -> String {
 }
 
 /// Talos: `<role without "os:">@<cluster>` for exactly one role, otherwise `<cluster>`.
-fn default_context_name(roles: &RoleSet, cluster: &str) -> String {
+pub(crate) fn default_context_name(roles: &RoleSet, cluster: &str) -> String {
     let names = roles.strings();
     match names.as_slice() {
         [one] => format!("{}@{cluster}", one.strip_prefix("os:").unwrap_or(one)),
@@ -294,7 +294,7 @@ fn default_context_name(roles: &RoleSet, cluster: &str) -> String {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
     let overwrite = if force {
         Overwrite::Allow
     } else {

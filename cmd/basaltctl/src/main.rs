@@ -1,15 +1,23 @@
 //! basaltctl: the command-line client of basalt.
 //!
 //! It owns argument parsing, output formatting and local file handling. Certificates are made
-//! through `basalt-pki` and every file layout comes from `basalt-config`; the CLI links no server
-//! crate.
+//! through `basalt-pki`, every file layout comes from `basalt-config`, and nodes are reached
+//! through `basalt-client`; the CLI links no server crate. `cluster create` runs the daemons as
+//! separate processes (found next to this executable), never in-process.
 
+mod cluster_cmd;
 mod config_cmd;
+mod config_new;
+mod connect;
 mod duration;
+mod files_cmd;
 mod gen_cmd;
+mod lifecycle_cmd;
+mod node_cmd;
 mod output;
+mod services_cmd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -44,21 +52,40 @@ enum Command {
     /// Inspect and edit the client config.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run a one-node cluster on this machine.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
+    #[command(flatten)]
+    Node(node_cmd::NodeCommand),
+    #[command(flatten)]
+    Files(files_cmd::FilesCommand),
+    #[command(flatten)]
+    Services(services_cmd::ServicesCommand),
+    #[command(flatten)]
+    Lifecycle(lifecycle_cmd::LifecycleCommand),
 }
 
 /// What every command gets besides its own flags.
 #[derive(Debug)]
 struct Globals {
     config_path: PathBuf,
+    /// Whether `config_path` is the default one (so hints can leave out `--config`).
+    config_is_default: bool,
     context: Option<String>,
+    /// `$HOME`, read once here (nothing else reads the environment).
+    home: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let globals = match client_config_path(cli.config) {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let config_is_default = cli.config.is_none();
+    let globals = match client_config_path(cli.config, home.as_deref()) {
         Ok(config_path) => Globals {
             config_path,
+            config_is_default,
             context: cli.context,
+            home,
         },
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -68,6 +95,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gen(cmd) => gen_cmd::run(cmd, &globals),
         Command::Config(cmd) => config_cmd::run(cmd, &globals),
+        Command::Cluster(cmd) => cluster_cmd::run(cmd, &globals),
+        Command::Node(cmd) => node_cmd::run(cmd, &globals),
+        Command::Files(cmd) => files_cmd::run(cmd, &globals),
+        Command::Services(cmd) => services_cmd::run(cmd, &globals),
+        Command::Lifecycle(cmd) => lifecycle_cmd::run(cmd, &globals),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,12 +111,10 @@ fn main() -> ExitCode {
 }
 
 /// `--config`, else `$BASALTCONFIG` (clap reads it), else `~/.basalt/config`.
-fn client_config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+fn client_config_path(flag: Option<PathBuf>, home: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
         return Ok(path);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("HOME is not set; pass --config FILE"))?;
-    Ok(basalt_config::client::default_path(&home))
+    let home = home.ok_or_else(|| anyhow::anyhow!("HOME is not set; pass --config FILE"))?;
+    Ok(basalt_config::client::default_path(home))
 }

@@ -78,10 +78,16 @@ fn main() -> ExitCode {
     }
 
     // Talos caps apid at two OS threads; a proxy needs no more, and it keeps idle RSS small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    let rt = std::env::var("BASALT_APID_RT").unwrap_or_default();
+    let built = if rt == "current" {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(rt.parse().unwrap_or(2))
+            .enable_all()
+            .build()
+    };
+    let runtime = match built
     {
         Ok(runtime) => runtime,
         Err(err) => {

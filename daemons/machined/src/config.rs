@@ -10,6 +10,10 @@ use std::time::Duration;
 use basalt_config::MachineConfig;
 use basalt_sys::Host;
 
+use crate::config_store::ConfigStore;
+use crate::files::FilesPolicy;
+use crate::supervise::ServicesConfig;
+
 /// Mode of the socket's directory: owner rwx, group r-x (so a group member can reach the
 /// socket), nothing for others.
 pub const SOCKET_DIR_MODE: u32 = 0o750;
@@ -40,11 +44,36 @@ pub struct Config {
     /// When set, machined issues apid's credentials, writes its config and runs it as a
     /// supervised child. `None` runs machined alone (tests, `--no-apid`).
     pub apid: Option<ApidLaunch>,
+    /// The configured services (`machine.services`), where their logs go, and how they are
+    /// stopped and restarted. apid, when set above, is supervised alongside them.
+    pub services: ServicesConfig,
+    /// Which paths Read, List, DiskUsage and Copy may touch. Default: root `/` with
+    /// [`default_deny_rules`](crate::default_deny_rules). `Server::bind` always adds
+    /// `state_dir` and `machine_config_file` to it.
+    pub files: FilesPolicy,
+    /// machined's state directory (`--state`). The container-mode boot id is kept in
+    /// `<state>/boot_id`, and Reset wipes the directory except the machine config file, the
+    /// socket, apid's files and (emptied in place) the service logs. `None`: nothing is
+    /// stored, and Reset wipes nothing.
+    pub state_dir: Option<PathBuf>,
+    /// The machine config machined runs with: GenerateClientConfiguration signs with its CA
+    /// (control-plane nodes). `None` behaves like a worker.
+    pub machine: Option<MachineConfig>,
+    /// The file the machine config was read from; it survives Reset.
+    pub machine_config_file: Option<PathBuf>,
+    /// How long a boot waits for every service to be ready before it reports RUNNING with
+    /// `ready = false` (default [`BOOT_READY_PATIENCE`](crate::BOOT_READY_PATIENCE)).
+    pub boot_ready_patience: Duration,
+    /// The machine-config store (`<state>/config/`: active config, history, staged and TRY
+    /// state) behind ApplyConfiguration and `basalt.v1.ConfigService`. `None` answers them
+    /// FailedPrecondition. `main` opens it before bind, so that apid and the services start
+    /// with the stored config.
+    pub config_store: Option<ConfigStore>,
 }
 
 impl Config {
     /// A config with the defaults: uid allow-list [`AllowedUids::default_for_this_process`],
-    /// container mode, no apid.
+    /// container mode, no apid, no configured services, no state directory, no machine config.
     pub fn new(socket: impl Into<PathBuf>, host: Arc<dyn Host>) -> Self {
         Config {
             socket: socket.into(),
@@ -52,6 +81,13 @@ impl Config {
             mode: Mode::Container,
             host,
             apid: None,
+            services: ServicesConfig::default(),
+            files: FilesPolicy::default(),
+            state_dir: None,
+            machine: None,
+            machine_config_file: None,
+            boot_ready_patience: crate::lifecycle::BOOT_READY_PATIENCE,
+            config_store: None,
         }
     }
 }
@@ -64,6 +100,13 @@ impl fmt::Debug for Config {
             .field("mode", &self.mode)
             .field("host", &self.host)
             .field("apid", &self.apid)
+            .field("services", &self.services)
+            .field("files", &self.files)
+            .field("state_dir", &self.state_dir)
+            .field("machine", &self.machine)
+            .field("machine_config_file", &self.machine_config_file)
+            .field("boot_ready_patience", &self.boot_ready_patience)
+            .field("config_store", &self.config_store)
             .finish()
     }
 }

@@ -10,6 +10,15 @@
 //! - The system-information handlers: Version, Hostname, Memory, LoadAvg, CPUInfo, SystemStat,
 //!   Processes, Mounts, DiskStats, NetworkDeviceStats. Every other method of the machine proto
 //!   answers `Unimplemented` with "basalt does not implement `<method>` yet".
+//! - The file and kernel-log handlers: Read, List, DiskUsage, Copy behind one path policy
+//!   ([`FilesPolicy`]: absolute paths, allowed roots, a deny list, no escape through `..` or
+//!   symlinks), and Dmesg from `/dev/kmsg` (FailedPrecondition where it cannot be read).
+//! - The lifecycle: Reboot, Shutdown and Reset as asynchronous sequences published on the
+//!   event bus, the `Events` RPC that follows them, and the node's [boot id](boot_id)
+//!   (container mode: a reboot restarts the services and renews it, shutdown ends machined,
+//!   reset wipes the state directory; the host is never touched).
+//! - GenerateClientConfiguration on control-plane nodes (a client certificate from
+//!   `machine.ca` wrapped in a talosconfig).
 //! - On control-plane nodes: apid's server certificate (issued from `machine.ca`, 24 h,
 //!   renewed every 12 h), apid's config file, and apid itself as a supervised child
 //!   ([`apid`]).
@@ -53,21 +62,35 @@
 #![forbid(unsafe_code)]
 
 pub mod apid;
+pub mod boot_id;
+mod clientconfig;
 mod config;
+pub mod config_store;
+mod dmesg;
 mod error;
+pub mod events;
+mod files;
 mod layers;
+mod lifecycle;
 mod procfs;
 mod server;
 mod services;
-mod supervisor;
+pub mod supervise;
 
 pub use crate::config::{
     AllowedUids, ApidLaunch, Backoff, Config, DRAIN_TIMEOUT, MAX_MESSAGE_SIZE, Mode,
     SOCKET_DIR_MODE, SOCKET_MODE,
 };
+pub use crate::config_store::{ConfigStore, ConfigStoreOptions};
 pub use crate::error::Error;
+pub use crate::events::{Event, EventBus, EventPayload};
+pub use crate::files::{
+    DEFAULT_MAX_WALK_ENTRIES, DenyRule, FilesPolicy, FilesPolicyError, MACHINE_CONFIG_REASON,
+    READ_CHUNK_SIZE, STATE_DIR_REASON, STREAM_BUFFER, default_deny_rules,
+};
+pub use crate::lifecycle::BOOT_READY_PATIENCE;
 pub use crate::server::{Bound, Server};
-pub use crate::supervisor::STOP_GRACE;
+pub use crate::supervise::{STOP_GRACE, ServicesConfig};
 
 /// Limits of `basalt.v1.DiagnosticsService/Generate`.
 pub mod diagnostics {

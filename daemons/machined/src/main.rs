@@ -9,7 +9,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use basalt_config::MachineConfig;
 use clap::{Parser, ValueEnum};
-use machined::{AllowedUids, ApidLaunch, Backoff, Config, Mode, Server};
+use machined::{
+    AllowedUids, ApidLaunch, Backoff, Config, ConfigStore, ConfigStoreOptions, DenyRule,
+    FilesPolicy, Mode, Server, default_deny_rules,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -27,7 +30,8 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
 
-    /// machined's state directory (apid's credentials go to `<state>/apid/`).
+    /// machined's state directory (apid's credentials go to `<state>/apid/`, service output to
+    /// `<state>/logs/`).
     #[arg(long, value_name = "DIR")]
     state: PathBuf,
 
@@ -47,6 +51,17 @@ struct Cli {
     /// (root and machined's own uid).
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
+
+    /// A directory the file API (Read, List, DiskUsage, Copy) may reach; repeat for several.
+    /// Replaces the default, `/`.
+    #[arg(long = "files-root", value_name = "DIR")]
+    files_root: Vec<PathBuf>,
+
+    /// A path the file API refuses, with everything below it; repeat for several. Added to the
+    /// built-in deny list (/dev, /proc/kcore, /proc/kmsg, other processes' memory and
+    /// environment) and to the state directory and machine config file, which are always denied.
+    #[arg(long = "files-deny", value_name = "PATH")]
+    files_deny: Vec<PathBuf>,
 
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "BASALT_LOG_FORMAT")]
@@ -140,8 +155,34 @@ impl Setup {
     /// Loads the machine config and checks everything `Server::bind` would otherwise trip over
     /// late: the socket path length and, when apid is to run, the CA in `machine.ca`.
     fn load(cli: &Cli) -> anyhow::Result<Self> {
-        let machine = MachineConfig::load(&cli.config)?;
+        let mut machine = MachineConfig::load(&cli.config)?;
         let state = absolute(&cli.state)?;
+        // The machine config store (<state>/config/) is seeded from --config once; from then on
+        // its copy wins, and changes go through ApplyConfiguration. --check-config only
+        // validates --config and touches no state.
+        let config_store = if cli.check_config {
+            None
+        } else {
+            let config_file = absolute(&cli.config)?;
+            let seed = std::fs::read_to_string(&config_file)
+                .with_context(|| format!("read {}", config_file.display()))?;
+            let store = ConfigStore::open(
+                &ConfigStoreOptions::new(&state),
+                &seed,
+                &format!("seeded from --config {}", config_file.display()),
+            )
+            .context("open the machine config store")?;
+            let current = store.current();
+            if current.config != machine {
+                tracing::info!(
+                    version = current.version,
+                    "The machine config in the state directory differs from --config and wins; \
+                     change it with `basaltctl apply-config`"
+                );
+            }
+            machine = current.config.clone();
+            Some(store)
+        };
         let socket = match &cli.socket {
             Some(socket) => absolute(socket)?,
             None => state.join("run").join("machined.sock"),
@@ -154,14 +195,27 @@ impl Setup {
             socket.display()
         );
 
-        let host = Arc::new(basalt_sys::ContainerHost::new(
-            machine.hostname().map(str::to_owned),
-        ));
+        let mode = Mode::for_pid(std::process::id());
+        let hostname = machine.hostname().map(str::to_owned);
+        // Only PID 1 may reboot the machine; an ordinary process never touches the host.
+        let host: Arc<dyn basalt_sys::Host> = match mode {
+            Mode::Metal => Arc::new(basalt_sys::RealHost::new(hostname)),
+            Mode::Container => Arc::new(basalt_sys::ContainerHost::new(hostname)),
+        };
         let mut config = Config::new(socket, host);
-        config.mode = Mode::for_pid(std::process::id());
+        config.mode = mode;
+        // The boot id lives in the state dir; Reset wipes it but keeps the config file.
+        config.state_dir = Some(state.clone());
+        config.machine = Some(machine.clone());
+        config.machine_config_file = Some(absolute(&cli.config)?);
+        config.config_store = config_store;
         if !cli.allow_uid.is_empty() {
             config.allowed_uids = AllowedUids::new(cli.allow_uid.iter().copied());
         }
+        config.files = files_policy(cli)?;
+        // `machine.services`, with their output in <state>/logs/<service>.log.
+        config.services.services = machine.services().to_vec();
+        config.services.log_dir = Some(state.join("logs"));
         if cli.no_apid {
             tracing::info!("apid disabled by --no-apid");
         } else if machine.ca_key().is_none() {
@@ -184,6 +238,24 @@ impl Setup {
         }
         Ok(Setup { config })
     }
+}
+
+/// The file API's policy: `--files-root` (default `/`), the built-in deny rules and
+/// `--files-deny`. (`Server::bind` adds the state directory and the machine config file.)
+fn files_policy(cli: &Cli) -> anyhow::Result<FilesPolicy> {
+    let roots = if cli.files_root.is_empty() {
+        vec![PathBuf::from("/")]
+    } else {
+        cli.files_root
+            .iter()
+            .map(|root| absolute(root))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut deny = default_deny_rules();
+    for path in &cli.files_deny {
+        deny.push(DenyRule::new(absolute(path)?, "denied by --files-deny")?);
+    }
+    Ok(FilesPolicy::new(roots, deny)?)
 }
 
 /// `machine.ca` must hold a CA certificate and its key that basalt-pki accepts.

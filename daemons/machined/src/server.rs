@@ -4,6 +4,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use basalt_api::basalt::v1::config_service_server::ConfigServiceServer;
 use basalt_api::basalt::v1::diagnostics_service_server::DiagnosticsServiceServer;
 use basalt_api::machine::machine_service_server::MachineServiceServer;
 use basalt_sys::Host;
@@ -13,13 +14,19 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::Error;
 use crate::apid::{self, ApidFiles};
+use crate::boot_id::BootId;
+use crate::clientconfig::ClientConfigs;
 use crate::config::{
     AllowedUids, ApidLaunch, Config, DRAIN_TIMEOUT, MAX_MESSAGE_SIZE, SOCKET_DIR_MODE, SOCKET_MODE,
 };
+use crate::events::EventBus;
+use crate::files::Files;
 use crate::layers::Stack;
+use crate::lifecycle::{Lifecycle, LifecycleParts, StateLayout};
 use crate::procfs::{ProcFs, ProcessUnits};
-use crate::services::{Diagnostics, MachineApi, VersionFacts};
-use crate::supervisor::{Supervisor, stopped};
+use crate::config_store::ConfigStore;
+use crate::services::{ConfigApi, Diagnostics, MachineApi, VersionFacts, chain};
+use crate::supervise::{ServiceManager, ServiceSpec, stopped};
 
 /// Entry point of the two-phase API: [`Server::bind`], then [`Bound::serve`].
 #[derive(Debug)]
@@ -34,7 +41,8 @@ impl Server {
     ///    file, a live server's socket) is refused with [`Error::PrepareSocket`];
     /// 3. binds the socket and sets its mode to 0660;
     /// 4. reads the host facts the handlers need (uname, clock ticks, page size);
-    /// 5. with [`Config::apid`]: issues apid's server certificate and writes its config.
+    /// 5. with [`Config::apid`]: issues apid's server certificate and writes its config;
+    /// 6. registers the services (apid and `machine.services`) and opens their log files.
     ///
     /// Once this returns, clients can connect (the kernel queues them until
     /// [`Bound::serve`] accepts).
@@ -45,7 +53,16 @@ impl Server {
             mode,
             host,
             apid,
+            services,
+            files,
+            state_dir,
+            machine: machine_config,
+            machine_config_file,
+            boot_ready_patience,
+            config_store,
         } = config;
+        // The file API never serves machined's own secrets, whatever policy was configured.
+        let files = files.protecting(state_dir.as_deref(), machine_config_file.as_deref());
 
         let prepare = |source| Error::PrepareSocket {
             path: socket.clone(),
@@ -75,17 +92,60 @@ impl Server {
             clock_ticks: basalt_sys::clock_ticks().map_err(host_err)?,
             page_size: basalt_sys::page_size().map_err(host_err)?,
         };
-        let machine = MachineApi::new(
-            Arc::clone(&host),
-            ProcFs::new("/proc"),
-            units,
-            VersionFacts::detect(mode)?,
-        );
-
         let apid = match apid {
             None => None,
             Some(launch) => Some(prepare_apid(launch, host.as_ref(), &socket)?),
         };
+        let builtin = apid
+            .iter()
+            .map(|(launch, files)| {
+                ServiceSpec::apid(launch.binary.clone(), files.config.clone(), launch.backoff)
+            })
+            .collect();
+        let supervised = ServiceManager::new(&services, builtin, EventBus::new())?;
+        let lifecycle = Lifecycle::new(LifecycleParts {
+            mode,
+            host: Arc::clone(&host),
+            services: supervised.clone(),
+            boot_id: BootId::start(mode, state_dir.as_deref())?,
+            state: state_dir.as_deref().map(|dir| {
+                // What survives a reset: see the `lifecycle` module docs.
+                let keep = [Some(socket.clone()), machine_config_file]
+                    .into_iter()
+                    .flatten()
+                    .chain(apid.iter().map(|(_, files)| files.dir.clone()));
+                StateLayout::new(dir, keep, services.log_dir.clone())
+            }),
+            ready_patience: boot_ready_patience,
+        });
+
+        let config_api = config_store.as_ref().map(|store| {
+            // Every container-mode reboot reloads the store before services start: a staged
+            // config becomes active, a wiped (Reset) store is seeded again.
+            let hook_store = store.clone();
+            lifecycle.on_boot(
+                "activateStagedConfig",
+                Arc::new(move || hook_store.boot().map_err(|err| chain(&err))),
+            );
+            ConfigApi::new(
+                store.clone(),
+                supervised.events().clone(),
+                Some(lifecycle.clone()),
+            )
+        });
+
+        let mut machine = MachineApi::new(
+            Arc::clone(&host),
+            ProcFs::new("/proc"),
+            units,
+            VersionFacts::detect(mode)?,
+            supervised.clone(),
+        )
+        .with_files(Files::new(files))
+        .with_lifecycle(lifecycle.clone(), ClientConfigs::new(machine_config));
+        if let Some(api) = &config_api {
+            machine = machine.with_config(api.clone());
+        }
 
         tracing::info!(
             socket = %socket.display(),
@@ -100,6 +160,10 @@ impl Server {
             machine,
             apid,
             host,
+            supervised,
+            lifecycle,
+            config_api,
+            config_store,
         })
     }
 }
@@ -113,9 +177,18 @@ pub struct Bound {
     machine: MachineApi,
     apid: Option<(ApidLaunch, ApidFiles)>,
     host: Arc<dyn Host>,
+    supervised: ServiceManager,
+    lifecycle: Lifecycle,
+    config_api: Option<ConfigApi>,
+    config_store: Option<ConfigStore>,
 }
 
 impl Bound {
+    /// The machine-config store, when machined has one.
+    pub fn config_store(&self) -> Option<&ConfigStore> {
+        self.config_store.as_ref()
+    }
+
     /// The unix socket machined serves on.
     pub fn socket_path(&self) -> &Path {
         &self.socket
@@ -126,11 +199,24 @@ impl Bound {
         self.apid.as_ref().map(|(_, files)| files)
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls for at most
-    /// [`DRAIN_TIMEOUT`], stops apid (SIGTERM, then SIGKILL) and removes the socket file.
+    /// The node's event bus (service state changes are published on it from bind on).
+    pub fn events(&self) -> EventBus {
+        self.supervised.events().clone()
+    }
+
+    /// The node's boot id (renewed by every container-mode reboot).
+    pub fn boot_id(&self) -> BootId {
+        self.lifecycle.boot_id().clone()
+    }
+
+    /// Serves until `shutdown` completes (or a Shutdown, or a Reset without reboot, asks
+    /// machined to stop: then this returns `Ok` as well), then ends `Logs` and `Events` follow
+    /// streams, drains in-flight
+    /// calls for at most [`DRAIN_TIMEOUT`], stops every service (dependents first; SIGTERM,
+    /// then SIGKILL) and removes the socket file.
     ///
-    /// With apid configured, it is started as a supervised child first, and its server
-    /// certificate is re-issued every [`apid::RENEW_INTERVAL`].
+    /// Services (apid and `machine.services`) are started first; apid's server certificate is
+    /// re-issued every [`apid::RENEW_INTERVAL`].
     pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
     where
         F: Future<Output = ()> + Send,
@@ -142,19 +228,22 @@ impl Bound {
             machine,
             apid,
             host,
+            supervised,
+            lifecycle,
+            config_api,
+            config_store,
         } = self;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut children = tokio::task::JoinSet::new();
+        supervised.launch();
+        lifecycle.start_boot();
         if let Some((launch, files)) = apid {
-            let supervisor = Supervisor {
-                name: "apid",
-                program: launch.binary.clone(),
-                args: vec!["--config".into(), files.config.clone().into_os_string()],
-                backoff: launch.backoff,
-            };
-            children.spawn(supervisor.run(stop_rx.clone()));
             children.spawn(renew_apid_cert(launch, files, host, stop_rx.clone()));
+        }
+        if let Some(store) = config_store {
+            // Reverts a TRY apply not confirmed in time (re-armed from disk at every start).
+            children.spawn(store.run_try_watchdog(supervised.events().clone(), stop_rx.clone()));
         }
 
         let router = tonic::transport::Server::builder()
@@ -168,7 +257,12 @@ impl Bound {
                 DiagnosticsServiceServer::new(Diagnostics)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            );
+            )
+            .add_optional_service(config_api.map(|api| {
+                ConfigServiceServer::new(api)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            }));
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let serve =
@@ -177,12 +271,23 @@ impl Bound {
                 let _ = drain_rx.await;
             });
         tokio::pin!(serve);
+        // A container-mode Shutdown (or Reset without reboot) ends machined like the signal.
+        let halted = lifecycle.halted();
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = halted => {}
+            }
+        };
         tokio::pin!(shutdown);
 
         let result = tokio::select! {
             result = &mut serve => result,
             () = &mut shutdown => {
                 tracing::info!("Shutting down");
+                // Follow streams would otherwise hold the drain open until its timeout.
+                supervised.begin_shutdown();
+                lifecycle.begin_shutdown();
                 let _ = drain_tx.send(());
                 match tokio::time::timeout(DRAIN_TIMEOUT, &mut serve).await {
                     Ok(result) => result,
@@ -198,6 +303,7 @@ impl Bound {
         };
 
         // Stop the children whatever ended the server.
+        supervised.shutdown().await;
         let _ = stop_tx.send(true);
         while children.join_next().await.is_some() {}
         if let Err(err) = std::fs::remove_file(&socket) {

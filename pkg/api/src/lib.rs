@@ -33,7 +33,8 @@ pub mod securityapi {
 /// basalt's own additions, which Talos does not have (proto package `basalt.v1`).
 pub mod basalt {
     /// The `basalt.v1` package: `DiagnosticsService` (Echo, Generate, Collect) for tests and
-    /// benchmarks.
+    /// benchmarks, and `ConfigService` (`proto/basalt/v1/config.proto`: machine-config
+    /// history, rollback, TRY confirmation). One proto package, so one generated module.
     #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("basalt.v1");

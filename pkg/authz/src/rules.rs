@@ -208,10 +208,20 @@ const RULES: &[(&str, &[Role])] = &[
 ///
 /// `DiagnosticsService` only moves bytes (echo, generate, count) and exposes nothing about the
 /// node, so every role that may read anything may call it.
+///
+/// `ConfigService`: `History` lists versions, times, modes, hashes and the callers' identities
+/// (certificate CN, serial, roles, address), never config contents, so readers may see it, as
+/// they may see audit-like data elsewhere. `Rollback` and `Confirm` change the machine config
+/// (as `ApplyConfiguration` does, which is admin-only outside maintenance mode) and `Get`
+/// returns it with the join token and the CA key: admin only, like `Read`/`Copy`.
 const BASALT_RULES: &[(&str, &[Role])] = &[
     ("/basalt.v1.DiagnosticsService/Echo", AOR),
     ("/basalt.v1.DiagnosticsService/Generate", AOR),
     ("/basalt.v1.DiagnosticsService/Collect", AOR),
+    ("/basalt.v1.ConfigService/History", AOR),
+    ("/basalt.v1.ConfigService/Rollback", A),
+    ("/basalt.v1.ConfigService/Confirm", A),
+    ("/basalt.v1.ConfigService/Get", A),
 ];
 
 #[cfg(test)]

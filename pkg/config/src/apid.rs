@@ -334,7 +334,11 @@ pub struct RawAuditFile {
 // === validation helpers ===
 
 /// A required, non-empty, absolute path.
-fn absolute_path(problems: &mut Problems, key: &str, value: Option<String>) -> Option<PathBuf> {
+pub(crate) fn absolute_path(
+    problems: &mut Problems,
+    key: &str,
+    value: Option<String>,
+) -> Option<PathBuf> {
     match value {
         None => {
             problems.push(key, "is required");

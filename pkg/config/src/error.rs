@@ -167,6 +167,8 @@ pub enum Document {
     MachineConfig,
     /// The cluster secrets bundle (`secrets.yaml`).
     SecretsBundle,
+    /// trustd's config file.
+    TrustdConfig,
 }
 
 impl fmt::Display for Document {
@@ -176,6 +178,7 @@ impl fmt::Display for Document {
             Document::ClientConfig => "client config",
             Document::MachineConfig => "machine config",
             Document::SecretsBundle => "secrets bundle",
+            Document::TrustdConfig => "trustd config",
         })
     }
 }
@@ -216,6 +219,11 @@ impl Problems {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many problems were found so far (to tell whether a step added any).
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// `Ok(())` if nothing was found, otherwise one [`Error::Invalid`] listing everything.

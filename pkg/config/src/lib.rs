@@ -5,9 +5,12 @@
 //! - [`machine`]: a node's machine config (`version: v1alpha1`, `machine`, `cluster`), parsed
 //!   into [`RawMachineConfig`] (serde, unknown keys rejected) and validated into
 //!   [`MachineConfig`], with every problem reported at once in one [`Error::Invalid`].
+//! - [`service`]: `machine.services`, the processes machined supervises (validated names,
+//!   restart policies, dependencies without cycles, health checks).
 //! - [`secrets`]: the cluster secrets bundle, drop-in compatible with Talos's `secrets.yaml`.
 //! - [`client`]: the CLI's client config in Talos's talosconfig layout, with talosctl's merge
 //!   rule.
+//! - [`apid`] and [`trustd`]: the daemons' own config files, written by machined.
 //! - [`fs`]: atomic file writes (temp file, fsync, rename, fsync dir) and private directories.
 //! - [`Base64Pem`], the base64-of-PEM encoding Talos uses for every `crt`/`key`/`ca` value, and
 //!   [`Token`], the `[0-9a-z]{6}.[0-9a-z]{16}` join token.
@@ -33,7 +36,9 @@ mod host;
 pub mod machine;
 mod pem;
 pub mod secrets;
+pub mod service;
 mod token;
+pub mod trustd;
 mod yaml;
 
 pub use apid::{ApidConfig, ApidTls, AuditSink, RawApidConfig};
@@ -46,7 +51,9 @@ pub use machine::{
 };
 pub use pem::Base64Pem;
 pub use secrets::{BundleCerts, CertAndKey, KeyOnly, SecretsBundle};
+pub use service::{HealthCheck, RawService, RestartPolicy, ServiceConfig};
 pub use token::{TOKEN_FORMAT, Token, generate_token, is_token};
+pub use trustd::{AcceptedToken, RateLimit, RawTrustdConfig, TrustdConfig, TrustdPolicy};
 
 /// Fake PEM texts for unit tests: right labels, meaningless bodies (this crate never parses
 /// them).

@@ -13,6 +13,7 @@
 //!   hostname: node-1                        # optional
 //!   apid: {listen: "0.0.0.0:50000"}         # optional
 //!   trustd: {listen: "0.0.0.0:50001"}       # optional
+//!   services: [...]                         # optional: supervised processes, see [`crate::service`]
 //! cluster:
 //!   name: dev
 //!   endpoints: [127.0.0.1]
@@ -32,6 +33,7 @@ use crate::error::Problems;
 use crate::host::{Endpoint, Host, dns_name_problem};
 use crate::pem::{self, Base64Pem};
 use crate::secrets::SecretsBundle;
+use crate::service::{RawService, ServiceConfig, validate_services};
 use crate::token::TOKEN_FORMAT;
 use crate::{Document, Error, Token, yaml};
 
@@ -107,6 +109,7 @@ pub struct MachineConfig {
     hostname: Option<String>,
     apid_listen: SocketAddr,
     trustd_listen: SocketAddr,
+    services: Vec<ServiceConfig>,
     cluster_name: String,
     endpoints: Vec<Endpoint>,
 }
@@ -172,6 +175,7 @@ impl MachineConfig {
                 hostname: self.hostname.clone(),
                 apid: listener(self.apid_listen, DEFAULT_APID_LISTEN),
                 trustd: listener(self.trustd_listen, DEFAULT_TRUSTD_LISTEN),
+                services: self.services.iter().map(ServiceConfig::to_raw).collect(),
             },
             cluster: RawCluster {
                 name: Some(self.cluster_name.clone()),
@@ -229,6 +233,12 @@ impl MachineConfig {
     /// `machine.trustd.listen`, or [`DEFAULT_TRUSTD_LISTEN`].
     pub fn trustd_listen(&self) -> SocketAddr {
         self.trustd_listen
+    }
+
+    /// `machine.services`: the processes machined supervises besides apid and trustd, in
+    /// config order; names are unique and dependencies form no cycle.
+    pub fn services(&self) -> &[ServiceConfig] {
+        &self.services
     }
 
     /// `cluster.name`.
@@ -344,6 +354,8 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
             );
         }
 
+        let services = validate_services(&mut problems, machine.services);
+
         let cluster_name = required(&mut problems, "cluster.name", cluster.name)
             .and_then(|name| check_cluster_name(&mut problems, name));
         if cluster.endpoints.is_empty() {
@@ -388,6 +400,7 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
                 hostname: machine.hostname,
                 apid_listen,
                 trustd_listen,
+                services,
                 cluster_name,
                 endpoints,
             }),
@@ -499,6 +512,9 @@ pub struct RawMachine {
     /// `trustd`: trustd settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trustd: Option<RawListener>,
+    /// `services`: supervised processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<RawService>,
 }
 
 impl fmt::Debug for RawMachine {
@@ -514,6 +530,7 @@ impl fmt::Debug for RawMachine {
             .field("hostname", &self.hostname)
             .field("apid", &self.apid)
             .field("trustd", &self.trustd)
+            .field("services", &self.services)
             .finish()
     }
 }
@@ -1041,6 +1058,29 @@ mod tests {
         let shown = format!("{raw:?}");
         assert!(!shown.contains(TOKEN), "{shown}");
         assert!(!shown.contains("zyxwvu"), "{shown}");
+    }
+
+    #[test]
+    fn services_are_validated_with_the_rest_and_round_trip() {
+        let text = worker_yaml().replace(
+            "  type: worker\n",
+            "  type: worker\n  services:\n    - {name: web, command: /bin/web, dependsOn: [db]}\n    \
+             - {name: db, command: /bin/db, restart: never}\n",
+        );
+        let config = MachineConfig::from_yaml(&text).unwrap();
+        let names: Vec<&str> = config.services().iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["web", "db"]);
+        let again = MachineConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, config);
+
+        let text = text
+            .replace("token: abcdef", "token: bad")
+            .replace("[db]", "[nope]");
+        let err = MachineConfig::from_yaml(&text).unwrap_err();
+        assert_eq!(
+            problem_keys(&err),
+            ["machine.token", "machine.services[0].dependsOn[0]"]
+        );
     }
 
     #[test]

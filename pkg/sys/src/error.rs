@@ -98,6 +98,41 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Opening a file failed. The source keeps the `io::ErrorKind` (NotFound,
+    /// PermissionDenied, …) for callers that answer differently per cause.
+    #[error("open {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for a file descriptor to become readable (`poll(2)`) failed.
+    #[error("wait for a file to become readable")]
+    Poll {
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// Listing or reading a path's extended attributes failed.
+    #[error("read extended attributes of {path}")]
+    Xattr {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `reboot(2)` (restart or power-off) returned, which it only does on failure.
+    #[error("{action} the machine")]
+    Reboot {
+        /// `reboot` or `power off`.
+        action: &'static str,
+        /// The errno (EPERM without CAP_SYS_BOOT).
+        #[source]
+        source: nix::Error,
+    },
     /// Changing a path's permission bits failed.
     #[error("set mode {mode:o} on {path}")]
     SetMode {

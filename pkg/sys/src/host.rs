@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
+use nix::sys::reboot::RebootMode;
+
 use crate::Error;
 
 /// The machine basalt manages. machined holds an `Arc<dyn Host>` and performs every host side
@@ -81,6 +83,50 @@ impl Host for ContainerHost {
     fn poweroff(&self) -> Result<(), Error> {
         self.record(HostAction::Poweroff);
         Ok(())
+    }
+}
+
+/// The real machine, for machined running as PID 1 of a basalt image (metal mode): reboot and
+/// power-off are `sync(2)` followed by `reboot(2)`. Never constructed in tests or in container
+/// mode; the calls need `CAP_SYS_BOOT`.
+#[derive(Debug, Default)]
+pub struct RealHost {
+    hostname: Option<String>,
+}
+
+impl RealHost {
+    /// The real machine, reporting `hostname` when given (the machine config's
+    /// `machine.hostname`), else the kernel's hostname.
+    pub fn new(hostname: Option<String>) -> Self {
+        RealHost { hostname }
+    }
+}
+
+impl Host for RealHost {
+    fn hostname(&self) -> Result<String, Error> {
+        match &self.hostname {
+            Some(name) => Ok(name.clone()),
+            None => crate::hostname(),
+        }
+    }
+
+    fn reboot(&self) -> Result<(), Error> {
+        restart_or_halt(RebootMode::RB_AUTOBOOT, "reboot")
+    }
+
+    fn poweroff(&self) -> Result<(), Error> {
+        restart_or_halt(RebootMode::RB_POWER_OFF, "power off")
+    }
+}
+
+/// Flushes filesystem buffers, then asks the kernel to restart or power off. Returns only on
+/// failure (`reboot(2)` does not return when it succeeds).
+fn restart_or_halt(mode: RebootMode, action: &'static str) -> Result<(), Error> {
+    // Data written by services must reach the disks before the machine goes away.
+    nix::unistd::sync();
+    match nix::sys::reboot::reboot(mode) {
+        Ok(never) => match never {},
+        Err(source) => Err(Error::Reboot { action, source }),
     }
 }
 

@@ -10,11 +10,15 @@ use basalt_api::machine::{self, machine_service_server::MachineService};
 use basalt_sys::{FsStats, Host};
 use tonic::{Request, Response, Status};
 
-use super::{BoxStream, blocking};
+use super::{BoxStream, ConfigApi, blocking};
 use crate::Error;
+use crate::clientconfig::ClientConfigs;
 use crate::config::Mode;
+use crate::files::{Files, FilesPolicy};
 use crate::layers::not_implemented_message;
+use crate::lifecycle::Lifecycle;
 use crate::procfs::{MountEntry, ProcFs, ProcessUnits};
+use crate::supervise::{self, ServiceManager};
 
 /// What `Version` reports; fixed for the life of the process, so computed once at bind time.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +88,13 @@ pub(crate) struct MachineApi {
     proc: ProcFs,
     units: ProcessUnits,
     version: Arc<VersionFacts>,
+    services: ServiceManager,
+    files: Files,
+    /// Reboot, Shutdown, Reset, Events and the boot id; `None` answers them Unimplemented.
+    lifecycle: Option<Lifecycle>,
+    client_configs: ClientConfigs,
+    /// ApplyConfiguration on the config store; `None` answers FailedPrecondition.
+    config: Option<ConfigApi>,
 }
 
 impl MachineApi {
@@ -92,13 +103,47 @@ impl MachineApi {
         proc: ProcFs,
         units: ProcessUnits,
         version: VersionFacts,
+        services: ServiceManager,
     ) -> Self {
         MachineApi {
             host,
             proc,
             units,
             version: Arc::new(version),
+            services,
+            files: Files::new(FilesPolicy::default()),
+            lifecycle: None,
+            client_configs: ClientConfigs::default(),
+            config: None,
         }
+    }
+
+    /// The same API with ApplyConfiguration served by `config`.
+    pub(crate) fn with_config(mut self, config: ConfigApi) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The same API with the file methods under `files`' policy.
+    pub(crate) fn with_files(mut self, files: Files) -> Self {
+        self.files = files;
+        self
+    }
+
+    /// The same API with the lifecycle methods (and the boot id for `Read`) served by
+    /// `lifecycle`, and GenerateClientConfiguration by `client_configs`.
+    pub(crate) fn with_lifecycle(
+        mut self,
+        lifecycle: Lifecycle,
+        client_configs: ClientConfigs,
+    ) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self.client_configs = client_configs;
+        self
+    }
+
+    fn lifecycle(&self, path: &str) -> Result<&Lifecycle, Status> {
+        self.lifecycle.as_ref().ok_or_else(|| unimplemented(path))
     }
 }
 
@@ -142,18 +187,22 @@ fn mount_stats(
 impl MachineService for MachineApi {
     async fn apply_configuration(
         &self,
-        _: Request<machine::ApplyConfigurationRequest>,
+        request: Request<machine::ApplyConfigurationRequest>,
     ) -> Result<Response<machine::ApplyConfigurationResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/ApplyConfiguration"))
+        let config = self.config.as_ref().ok_or(Error::NoConfigStore)?;
+        let reply = config.apply(request).await?;
+        Ok(Response::new(machine::ApplyConfigurationResponse {
+            messages: vec![reply],
+        }))
     }
 
     type CopyStream = BoxStream<common::Data>;
 
     async fn copy(
         &self,
-        _: Request<machine::CopyRequest>,
+        request: Request<machine::CopyRequest>,
     ) -> Result<Response<Self::CopyStream>, Status> {
-        Err(unimplemented("/machine.MachineService/Copy"))
+        Ok(Response::new(self.files.copy(request.into_inner()).await?))
     }
 
     async fn cpu_info(&self, _: Request<()>) -> Result<Response<machine::CpuInfoResponse>, Status> {
@@ -180,35 +229,44 @@ impl MachineService for MachineApi {
 
     async fn disk_usage(
         &self,
-        _: Request<machine::DiskUsageRequest>,
+        request: Request<machine::DiskUsageRequest>,
     ) -> Result<Response<Self::DiskUsageStream>, Status> {
-        Err(unimplemented("/machine.MachineService/DiskUsage"))
+        Ok(Response::new(
+            self.files.disk_usage(request.into_inner()).await?,
+        ))
     }
 
     type DmesgStream = BoxStream<common::Data>;
 
     async fn dmesg(
         &self,
-        _: Request<machine::DmesgRequest>,
+        request: Request<machine::DmesgRequest>,
     ) -> Result<Response<Self::DmesgStream>, Status> {
-        Err(unimplemented("/machine.MachineService/Dmesg"))
+        Ok(Response::new(crate::dmesg::dmesg(request.into_inner())?))
     }
 
     type EventsStream = BoxStream<machine::Event>;
 
     async fn events(
         &self,
-        _: Request<machine::EventsRequest>,
+        request: Request<machine::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        Err(unimplemented("/machine.MachineService/Events"))
+        let lifecycle = self.lifecycle("/machine.MachineService/Events")?;
+        Ok(Response::new(lifecycle.events(request.into_inner())?))
     }
 
     async fn generate_client_configuration(
         &self,
-        _: Request<machine::GenerateClientConfigurationRequest>,
+        request: Request<machine::GenerateClientConfigurationRequest>,
     ) -> Result<Response<machine::GenerateClientConfigurationResponse>, Status> {
-        Err(unimplemented(
-            "/machine.MachineService/GenerateClientConfiguration",
+        let configs = self.client_configs.clone();
+        let request = request.into_inner();
+        // Key generation and signing are CPU work: off the async workers.
+        let message = blocking(move || configs.generate(request)).await?;
+        Ok(Response::new(
+            machine::GenerateClientConfigurationResponse {
+                messages: vec![message],
+            },
         ))
     }
 
@@ -232,9 +290,9 @@ impl MachineService for MachineApi {
 
     async fn list(
         &self,
-        _: Request<machine::ListRequest>,
+        request: Request<machine::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        Err(unimplemented("/machine.MachineService/List"))
+        Ok(Response::new(self.files.list(request.into_inner()).await?))
     }
 
     async fn load_avg(&self, _: Request<()>) -> Result<Response<machine::LoadAvgResponse>, Status> {
@@ -253,16 +311,16 @@ impl MachineService for MachineApi {
 
     async fn logs(
         &self,
-        _: Request<machine::LogsRequest>,
+        request: Request<machine::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        Err(unimplemented("/machine.MachineService/Logs"))
+        supervise::api::logs(&self.services, request)
     }
 
     async fn logs_containers(
         &self,
         _: Request<()>,
     ) -> Result<Response<machine::LogsContainersResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/LogsContainers"))
+        supervise::api::logs_containers(&self.services)
     }
 
     async fn memory(&self, _: Request<()>) -> Result<Response<machine::MemoryResponse>, Status> {
@@ -315,58 +373,90 @@ impl MachineService for MachineApi {
 
     async fn read(
         &self,
-        _: Request<machine::ReadRequest>,
+        request: Request<machine::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        Err(unimplemented("/machine.MachineService/Read"))
+        // The node's boot id, not the host's (container mode): talosctl's --wait reads it.
+        if let Some(lifecycle) = &self.lifecycle
+            && let Some(boot_id) = lifecycle.boot_id().read_override(&request.get_ref().path)
+        {
+            return Ok(Response::new(boot_id?));
+        }
+        Ok(Response::new(self.files.read(request.into_inner()).await?))
     }
 
     async fn reboot(
         &self,
-        _: Request<machine::RebootRequest>,
+        request: Request<machine::RebootRequest>,
     ) -> Result<Response<machine::RebootResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/Reboot"))
+        let lifecycle = self.lifecycle("/machine.MachineService/Reboot")?;
+        let mode = request.get_ref().mode;
+        let mode =
+            machine::reboot_request::Mode::try_from(mode).map_err(|_| Error::InvalidArgument {
+                reason: format!("unknown reboot mode {mode}"),
+            })?;
+        let actor_id = lifecycle.reboot(mode)?;
+        Ok(Response::new(machine::RebootResponse {
+            messages: vec![machine::Reboot {
+                metadata: None,
+                actor_id,
+            }],
+        }))
     }
 
     async fn reset(
         &self,
-        _: Request<machine::ResetRequest>,
+        request: Request<machine::ResetRequest>,
     ) -> Result<Response<machine::ResetResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/Reset"))
+        let lifecycle = self.lifecycle("/machine.MachineService/Reset")?;
+        let actor_id = lifecycle.reset(request.get_ref())?;
+        Ok(Response::new(machine::ResetResponse {
+            messages: vec![machine::Reset {
+                metadata: None,
+                actor_id,
+            }],
+        }))
     }
 
     async fn service_list(
         &self,
         _: Request<()>,
     ) -> Result<Response<machine::ServiceListResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/ServiceList"))
+        supervise::api::service_list(&self.services)
     }
 
     async fn service_restart(
         &self,
-        _: Request<machine::ServiceRestartRequest>,
+        request: Request<machine::ServiceRestartRequest>,
     ) -> Result<Response<machine::ServiceRestartResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/ServiceRestart"))
+        supervise::api::service_restart(&self.services, request).await
     }
 
     async fn service_start(
         &self,
-        _: Request<machine::ServiceStartRequest>,
+        request: Request<machine::ServiceStartRequest>,
     ) -> Result<Response<machine::ServiceStartResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/ServiceStart"))
+        supervise::api::service_start(&self.services, request).await
     }
 
     async fn service_stop(
         &self,
-        _: Request<machine::ServiceStopRequest>,
+        request: Request<machine::ServiceStopRequest>,
     ) -> Result<Response<machine::ServiceStopResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/ServiceStop"))
+        supervise::api::service_stop(&self.services, request).await
     }
 
     async fn shutdown(
         &self,
-        _: Request<machine::ShutdownRequest>,
+        request: Request<machine::ShutdownRequest>,
     ) -> Result<Response<machine::ShutdownResponse>, Status> {
-        Err(unimplemented("/machine.MachineService/Shutdown"))
+        let lifecycle = self.lifecycle("/machine.MachineService/Shutdown")?;
+        let actor_id = lifecycle.shutdown(request.get_ref().force)?;
+        Ok(Response::new(machine::ShutdownResponse {
+            messages: vec![machine::Shutdown {
+                metadata: None,
+                actor_id,
+            }],
+        }))
     }
 
     async fn system_stat(

@@ -1,5 +1,6 @@
 //! The gRPC services machined serves, and the list of methods they implement.
 
+mod config;
 mod diagnostics;
 mod machine;
 
@@ -8,6 +9,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::Status;
 
+pub(crate) use self::config::{ConfigApi, chain};
 pub(crate) use self::diagnostics::Diagnostics;
 pub use self::diagnostics::{GENERATE_MAX_COUNT, GENERATE_MAX_SIZE};
 pub(crate) use self::machine::{MachineApi, VersionFacts};
@@ -15,19 +17,40 @@ pub(crate) use self::machine::{MachineApi, VersionFacts};
 /// Every method machined implements. Any other path is answered Unimplemented by the
 /// `NotImplemented` layer before its request is decoded.
 pub(crate) const SERVED: &[&str] = &[
+    "/machine.MachineService/ApplyConfiguration",
     "/machine.MachineService/CPUInfo",
+    "/machine.MachineService/Copy",
     "/machine.MachineService/DiskStats",
+    "/machine.MachineService/DiskUsage",
+    "/machine.MachineService/Dmesg",
+    "/machine.MachineService/Events",
+    "/machine.MachineService/GenerateClientConfiguration",
     "/machine.MachineService/Hostname",
+    "/machine.MachineService/List",
     "/machine.MachineService/LoadAvg",
+    "/machine.MachineService/Logs",
+    "/machine.MachineService/LogsContainers",
     "/machine.MachineService/Memory",
     "/machine.MachineService/Mounts",
     "/machine.MachineService/NetworkDeviceStats",
     "/machine.MachineService/Processes",
+    "/machine.MachineService/Read",
+    "/machine.MachineService/Reboot",
+    "/machine.MachineService/Reset",
+    "/machine.MachineService/ServiceList",
+    "/machine.MachineService/ServiceRestart",
+    "/machine.MachineService/ServiceStart",
+    "/machine.MachineService/ServiceStop",
+    "/machine.MachineService/Shutdown",
     "/machine.MachineService/SystemStat",
     "/machine.MachineService/Version",
     "/basalt.v1.DiagnosticsService/Echo",
     "/basalt.v1.DiagnosticsService/Generate",
     "/basalt.v1.DiagnosticsService/Collect",
+    "/basalt.v1.ConfigService/History",
+    "/basalt.v1.ConfigService/Rollback",
+    "/basalt.v1.ConfigService/Confirm",
+    "/basalt.v1.ConfigService/Get",
 ];
 
 /// A boxed response stream, the type of every server-streaming method.

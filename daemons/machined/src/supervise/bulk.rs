@@ -1,0 +1,182 @@
+//! Whole-node service control for the lifecycle sequences (reboot, shutdown, reset): stop
+//! every service, start every service, and wait until they are all up.
+//!
+//! Unlike the API's `ServiceStop`/`ServiceStart`, these ignore [`ApiControl`](super::ApiControl):
+//! a reboot stops apid too (as Talos does), and the runners stay alive, so the services can be
+//! started again without re-registering them.
+
+use std::time::Duration;
+
+use basalt_config::RestartPolicy;
+use tokio::sync::oneshot;
+
+use super::runner::Request;
+use super::{ServiceManager, State, stop_order};
+
+/// A service that is not ready, and why (for `MachineStatusEvent.status.unmet_conditions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NotReady {
+    /// The service id.
+    pub(crate) service: String,
+    /// Its state and, for a service with a failing health check, that it is unhealthy.
+    pub(crate) reason: String,
+}
+
+impl ServiceManager {
+    /// Stops every service, dependents before their dependencies (each level at once), and
+    /// returns once every process is gone. The runners stay, idle, ready for
+    /// [`ServiceManager::start_all`].
+    pub(crate) async fn stop_all(&self) {
+        for level in stop_order(&self.shared.units) {
+            let mut acks = Vec::new();
+            for id in level {
+                if let Some(unit) = self.shared.units.get(&id) {
+                    let (ack, done) = oneshot::channel();
+                    if unit.send(Request::Stop(ack)) {
+                        acks.push(done);
+                    }
+                }
+            }
+            for done in acks {
+                // An error means the runner already ended: nothing left to stop.
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Asks every service to start (each still waits for its dependencies); returns once every
+    /// runner has accepted. Use [`ServiceManager::wait_ready`] to learn when they are up.
+    pub(crate) async fn start_all(&self) {
+        let mut acks = Vec::new();
+        for unit in self.shared.units.values() {
+            let (ack, done) = oneshot::channel();
+            if unit.send(Request::Start(ack)) {
+                acks.push(done);
+            }
+        }
+        for done in acks {
+            let _ = done.await;
+        }
+    }
+
+    /// The services that are not ready. Ready means up (Running, and healthy when the service
+    /// has a health check), or Finished for a service that is not restarted after a clean exit
+    /// (a one-shot job that completed).
+    pub(crate) fn not_ready(&self) -> Vec<NotReady> {
+        self.shared
+            .units
+            .iter()
+            .filter_map(|(id, unit)| {
+                if unit.is_up() {
+                    return None;
+                }
+                let status = unit.status();
+                if status.state == State::Finished && unit.spec.restart != RestartPolicy::Always {
+                    return None;
+                }
+                let reason = if status.state == State::Running {
+                    "Running, not healthy yet".to_owned()
+                } else {
+                    status.state.as_str().to_owned()
+                };
+                Some(NotReady {
+                    service: id.clone(),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until every service is ready ([`ServiceManager::not_ready`] is empty) or
+    /// `patience` has passed; returns what is still not ready.
+    pub(crate) async fn wait_ready(&self, patience: Duration) -> Vec<NotReady> {
+        // Subscribed before the first look, so no transition between look and wait is missed.
+        let mut topology = self.shared.topology.subscribe();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let missing = self.not_ready();
+            if missing.is_empty() {
+                return missing;
+            }
+            match tokio::time::timeout_at(deadline, topology.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the manager is gone.
+                Ok(Err(_)) | Err(_) => return self.not_ready(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::{ApiControl, Environment, ServiceSpec, ServicesConfig};
+    use super::*;
+    use crate::config::Backoff;
+    use crate::events::EventBus;
+
+    fn sh(id: &str, script: &str, restart: RestartPolicy) -> ServiceSpec {
+        let mut spec =
+            ServiceSpec::apid("/bin/true".into(), "/dev/null".into(), Backoff::default());
+        spec.id = id.to_owned();
+        spec.program = "sh".into();
+        spec.args = vec!["-c".into(), script.into()];
+        spec.env = Environment::Exactly(BTreeMap::new());
+        spec.api = ApiControl::START_ONLY;
+        spec.restart = restart;
+        spec
+    }
+
+    #[tokio::test]
+    async fn stop_all_and_start_all_ignore_api_control_and_keep_the_runners() {
+        let config = ServicesConfig {
+            stop_grace: Duration::from_secs(2),
+            ..ServicesConfig::default()
+        };
+        let manager = ServiceManager::new(
+            &config,
+            vec![
+                sh("apid", "exec sleep 30", RestartPolicy::Always),
+                sh("job", "exit 0", RestartPolicy::Never),
+            ],
+            EventBus::new(),
+        )
+        .expect("manager");
+        manager.launch();
+        assert!(
+            manager.wait_ready(Duration::from_secs(10)).await.is_empty(),
+            "{:?}",
+            manager.not_ready()
+        );
+
+        manager.stop_all().await;
+        let states: Vec<String> = manager.list().into_iter().map(|s| s.state).collect();
+        assert_eq!(states, ["Finished", "Finished"]);
+        assert_eq!(
+            manager.not_ready().len(),
+            1,
+            "only the long-running one is missing"
+        );
+
+        manager.start_all().await;
+        assert!(manager.wait_ready(Duration::from_secs(10)).await.is_empty());
+        assert_eq!(manager.list()[0].state, "Running");
+        manager.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn wait_ready_gives_up_after_its_patience_and_names_the_laggards() {
+        let manager = ServiceManager::new(
+            &ServicesConfig::default(),
+            vec![sh("broken", "exit 1", RestartPolicy::Never)],
+            EventBus::new(),
+        )
+        .expect("manager");
+        manager.launch();
+        let missing = manager.wait_ready(Duration::from_millis(300)).await;
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].service, "broken");
+        manager.shutdown().await;
+    }
+}
