@@ -37,12 +37,16 @@ async fn apid_is_listed_running_and_its_logs_are_readable_through_itself() {
         assert_eq!(apid.state, "Running");
         let events = &apid.events.as_ref().expect("events").events;
         assert!(
-            events.iter().any(|e| e.state == "Running" && e.msg.starts_with("Started process")),
+            events
+                .iter()
+                .any(|e| e.state == "Running" && e.msg.starts_with("Started process")),
             "{events:?}"
         );
         let pid = node.apid_pid().expect("apid's pid");
         assert!(
-            events.iter().any(|e| e.msg == format!("Started process (PID {pid})")),
+            events
+                .iter()
+                .any(|e| e.msg == format!("Started process (PID {pid})")),
             "{events:?}"
         );
 

@@ -28,7 +28,12 @@ pub(crate) struct NewArgs {
     /// Where to write the new client config.
     file: PathBuf,
     /// The roles of the new certificate (comma-separated), e.g. os:reader or os:operator.
-    #[arg(long, value_delimiter = ',', default_value = "os:admin", value_name = "ROLES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "os:admin",
+        value_name = "ROLES"
+    )]
     roles: Vec<String>,
     /// The certificate's lifetime (e.g. 8760h, 30d).
     #[arg(
@@ -93,7 +98,10 @@ pub(crate) fn run(args: NewArgs, globals: &Globals) -> anyhow::Result<()> {
         anyhow::Ok(
             client
                 .each_node(request, |client, request| async move {
-                    client.machine().generate_client_configuration(request).await
+                    client
+                        .machine()
+                        .generate_client_configuration(request)
+                        .await
                 })
                 .await,
         )
@@ -101,9 +109,14 @@ pub(crate) fn run(args: NewArgs, globals: &Globals) -> anyhow::Result<()> {
     let Some(reply) = results.into_iter().next() else {
         bail!("no node to ask");
     };
-    let response = reply
-        .result
-        .map_err(|status| anyhow::anyhow!("node {}: {:?}: {}", reply.node, status.code(), status.message()))?;
+    let response = reply.result.map_err(|status| {
+        anyhow::anyhow!(
+            "node {}: {:?}: {}",
+            reply.node,
+            status.code(),
+            status.message()
+        )
+    })?;
     let Some(generated) = response.messages.into_iter().next() else {
         bail!("node {}: the node sent an empty reply", reply.node);
     };
@@ -111,8 +124,10 @@ pub(crate) fn run(args: NewArgs, globals: &Globals) -> anyhow::Result<()> {
         bail!("node {}: {}", reply.node, metadata.error);
     }
 
-    let text = std::str::from_utf8(&generated.talosconfig).context("the node's client config is not UTF-8")?;
-    let mut config = ClientConfig::from_yaml(text).context("the node's client config does not parse")?;
+    let text = std::str::from_utf8(&generated.talosconfig)
+        .context("the node's client config is not UTF-8")?;
+    let mut config =
+        ClientConfig::from_yaml(text).context("the node's client config does not parse")?;
     let name = config.context.clone();
     let new_context = config
         .context_mut(&name)

@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use basalt_api::machine::{
-    self, Event, EventsRequest, machine_status_event::MachineStage, sequence_event,
-    task_event,
+    self, Event, EventsRequest, machine_status_event::MachineStage, sequence_event, task_event,
 };
 use basalt_client::{Client, targeted_request};
 use clap::{ArgAction, Args, Subcommand, ValueEnum};
@@ -221,11 +220,25 @@ impl Action {
         let actor = match self {
             Action::Reboot(mode) => {
                 let request = request(node, machine::RebootRequest { mode: mode as i32 })?;
-                machine.reboot(request).await?.into_inner().messages.into_iter().next().map(|m| m.actor_id)
+                machine
+                    .reboot(request)
+                    .await?
+                    .into_inner()
+                    .messages
+                    .into_iter()
+                    .next()
+                    .map(|m| m.actor_id)
             }
             Action::Shutdown { force } => {
                 let request = request(node, machine::ShutdownRequest { force })?;
-                machine.shutdown(request).await?.into_inner().messages.into_iter().next().map(|m| m.actor_id)
+                machine
+                    .shutdown(request)
+                    .await?
+                    .into_inner()
+                    .messages
+                    .into_iter()
+                    .next()
+                    .map(|m| m.actor_id)
             }
             Action::Reset { graceful, reboot } => {
                 let request = request(
@@ -236,7 +249,14 @@ impl Action {
                         ..machine::ResetRequest::default()
                     },
                 )?;
-                machine.reset(request).await?.into_inner().messages.into_iter().next().map(|m| m.actor_id)
+                machine
+                    .reset(request)
+                    .await?
+                    .into_inner()
+                    .messages
+                    .into_iter()
+                    .next()
+                    .map(|m| m.actor_id)
             }
         };
         actor.ok_or_else(|| Status::unknown("the node sent an empty reply"))
@@ -289,7 +309,9 @@ async fn act(
                 };
                 tracker.run(action).await
             } else {
-                match tokio::time::timeout(CALL_TIMEOUT, action.call(&client, node.as_deref())).await {
+                match tokio::time::timeout(CALL_TIMEOUT, action.call(&client, node.as_deref()))
+                    .await
+                {
                     Ok(Ok(actor)) => Ok(actor),
                     Ok(Err(status)) => Err(status_text(&status)),
                     Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
@@ -380,7 +402,9 @@ impl Tracker {
                 Err(status) if retryable(&status) => {
                     stream = self.resubscribe(last_id.as_deref(), &actor).await?;
                 }
-                Err(status) => return Err(format!("events stream failed: {}", status_text(&status))),
+                Err(status) => {
+                    return Err(format!("events stream failed: {}", status_text(&status)));
+                }
             }
         }
 
@@ -404,7 +428,10 @@ impl Tracker {
     async fn within<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
         tokio::time::timeout_at(self.deadline, work)
             .await
-            .map_err(|_| "timed out; the action may still complete: check with `basaltctl events --actor-id`".to_owned())
+            .map_err(|_| {
+                "timed out; the action may still complete: check with `basaltctl events --actor-id`"
+                    .to_owned()
+            })
     }
 
     /// The node's boot id; `None` when the caller may not read it. With `retry`, connection
@@ -434,26 +461,43 @@ impl Tracker {
                 Err(status) if retry && retryable(&status) => {
                     tokio::time::sleep(RETRY_INTERVAL).await;
                 }
-                Err(status) => return Err(format!("cannot read the boot id: {}", status_text(&status))),
+                Err(status) => {
+                    return Err(format!("cannot read the boot id: {}", status_text(&status)));
+                }
             }
         }
     }
 
     /// Opens `Events` (after `tail_id`, for `actor`) and waits for its hello.
-    async fn subscribe(&self, tail_id: Option<&str>, actor: Option<&str>) -> Result<Streaming<Event>, Status> {
+    async fn subscribe(
+        &self,
+        tail_id: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<Streaming<Event>, Status> {
         let message = EventsRequest {
             // Without an id to continue after, replay everything this actor did: events already
             // handled are recognised by id.
-            tail_events: if tail_id.is_none() && actor.is_some() { -1 } else { 0 },
+            tail_events: if tail_id.is_none() && actor.is_some() {
+                -1
+            } else {
+                0
+            },
             tail_id: tail_id.unwrap_or_default().to_owned(),
             tail_seconds: 0,
             with_actor_id: actor.unwrap_or_default().to_owned(),
         };
         let work = async {
-            let mut stream = self.client.machine().events(request(self.node.as_deref(), message)?).await?.into_inner();
+            let mut stream = self
+                .client
+                .machine()
+                .events(request(self.node.as_deref(), message)?)
+                .await?
+                .into_inner();
             match stream.message().await? {
                 Some(_hello) => Ok(stream),
-                None => Err(Status::unavailable("the events stream ended before its first event")),
+                None => Err(Status::unavailable(
+                    "the events stream ended before its first event",
+                )),
             }
         };
         tokio::time::timeout_at(self.deadline, work)
@@ -462,18 +506,27 @@ impl Tracker {
     }
 
     /// Reopens the stream after a connection loss, retrying until the deadline.
-    async fn resubscribe(&self, last_id: Option<&str>, actor: &str) -> Result<Streaming<Event>, String> {
+    async fn resubscribe(
+        &self,
+        last_id: Option<&str>,
+        actor: &str,
+    ) -> Result<Streaming<Event>, String> {
         self.say("waiting for the node to come back…");
         loop {
             match self.subscribe(last_id, Some(actor)).await {
                 Ok(stream) => return Ok(stream),
                 Err(status) if retryable(&status) => {
                     if Instant::now() >= self.deadline {
-                        return Err(format!("timed out waiting for the node: {}", status_text(&status)));
+                        return Err(format!(
+                            "timed out waiting for the node: {}",
+                            status_text(&status)
+                        ));
                     }
                     tokio::time::sleep(RETRY_INTERVAL).await;
                 }
-                Err(status) => return Err(format!("cannot follow events: {}", status_text(&status))),
+                Err(status) => {
+                    return Err(format!("cannot follow events: {}", status_text(&status)));
+                }
             }
         }
     }
@@ -528,7 +581,10 @@ impl Progress {
             Payload::Sequence(sequence) => {
                 let stopped = sequence.action() == sequence_event::Action::Stop;
                 if let Some(error) = sequence.error.filter(|e| !e.message.is_empty()) {
-                    return Step::Failed(format!("{} failed: {}", sequence.sequence, error.message));
+                    return Step::Failed(format!(
+                        "{} failed: {}",
+                        sequence.sequence, error.message
+                    ));
                 }
                 if stopped && sequence.sequence == self.action.name() && !self.action.comes_back() {
                     return Step::Done;
@@ -609,8 +665,10 @@ impl Payload {
             "machine.ConfigLoadErrorEvent" => {
                 machine::ConfigLoadErrorEvent::decode(value).map(Payload::ConfigLoadError)
             }
-            "machine.ConfigValidationErrorEvent" => machine::ConfigValidationErrorEvent::decode(value)
-                .map(Payload::ConfigValidationError),
+            "machine.ConfigValidationErrorEvent" => {
+                machine::ConfigValidationErrorEvent::decode(value)
+                    .map(Payload::ConfigValidationError)
+            }
             "machine.MachineStatusEvent" => {
                 machine::MachineStatusEvent::decode(value).map(Payload::MachineStatus)
             }
@@ -730,7 +788,11 @@ fn render(format: OutputFormat, node: &str, width: usize, event: &Event) -> Stri
     let payload = Payload::decode(event);
     match format {
         OutputFormat::Table => {
-            let actor = if event.actor_id.is_empty() { "-" } else { &event.actor_id };
+            let actor = if event.actor_id.is_empty() {
+                "-"
+            } else {
+                &event.actor_id
+            };
             format!(
                 "{node:<width$}   {:<20}   {:<14}   {actor:<36}   {}\n",
                 event.id,
@@ -758,7 +820,12 @@ fn render(format: OutputFormat, node: &str, width: usize, event: &Event) -> Stri
 async fn events(globals: &Globals, args: EventsArgs) -> anyhow::Result<()> {
     let client = connect_with_timeout(globals, &args.target, None).await?;
     let targets = targets(&client);
-    let width = targets.iter().map(|(name, _)| name.len()).max().unwrap_or(4).max(4);
+    let width = targets
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let request = EventsRequest {
         tail_events: args.tail.unwrap_or(0),
         tail_id: args.since_id.clone().unwrap_or_default(),
@@ -780,7 +847,8 @@ async fn events(globals: &Globals, args: EventsArgs) -> anyhow::Result<()> {
         let client = client.clone();
         let request = request.clone();
         tasks.spawn(async move {
-            let result = follow_events(&client, node.as_deref(), &name, request, format, width).await;
+            let result =
+                follow_events(&client, node.as_deref(), &name, request, format, width).await;
             (name, result)
         });
     }
@@ -814,7 +882,10 @@ async fn follow_events(
     let mut waiting = false;
     loop {
         let opened = async {
-            let stream = client.machine().events(request(node, message.clone())?).await?;
+            let stream = client
+                .machine()
+                .events(request(node, message.clone())?)
+                .await?;
             Ok::<_, Status>(stream.into_inner())
         }
         .await;
@@ -839,7 +910,11 @@ async fn follow_events(
                     }
                     let text = render(format, name, width, &event);
                     let mut out = std::io::stdout().lock();
-                    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+                    if out
+                        .write_all(text.as_bytes())
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
                         // stdout is gone (e.g. `| head`): stop quietly.
                         return Ok(());
                     }
@@ -853,7 +928,10 @@ async fn follow_events(
                     return Ok(());
                 }
                 Err(status) if retryable(&status) => {
-                    eprintln!("node {name}: connection lost ({}); reconnecting…", status.message());
+                    eprintln!(
+                        "node {name}: connection lost ({}); reconnecting…",
+                        status.message()
+                    );
                     waiting = true;
                     break;
                 }
@@ -976,7 +1054,11 @@ mod tests {
             reboot: false,
         });
         assert_eq!(
-            reset.observe(&sequence("reset", sequence_event::Action::Stop, Some("disk full"))),
+            reset.observe(&sequence(
+                "reset",
+                sequence_event::Action::Stop,
+                Some("disk full")
+            )),
             Step::Failed("reset failed: disk full".to_owned())
         );
     }
@@ -996,8 +1078,14 @@ mod tests {
             4,
             &task("stopAllServices", task_event::Action::Stop),
         );
-        assert!(line.starts_with("n1     cv1s2s8b0p6c73c3k1eg   task "), "{line:?}");
-        assert!(line.trim_end().ends_with("stopAllServices STOP"), "{line:?}");
+        assert!(
+            line.starts_with("n1     cv1s2s8b0p6c73c3k1eg   task "),
+            "{line:?}"
+        );
+        assert!(
+            line.trim_end().ends_with("stopAllServices STOP"),
+            "{line:?}"
+        );
 
         let json: serde_json::Value = serde_json::from_str(&render(
             OutputFormat::Json,
@@ -1020,6 +1108,8 @@ mod tests {
         assert!(retryable(&Status::unavailable("restarting")));
         assert!(retryable(&Status::unknown("h2 protocol error")));
         assert!(!retryable(&Status::permission_denied("no")));
-        assert!(!retryable(&Status::failed_precondition("a reboot is already in progress")));
+        assert!(!retryable(&Status::failed_precondition(
+            "a reboot is already in progress"
+        )));
     }
 }

@@ -6,6 +6,7 @@
 //! separate processes (found next to this executable), never in-process.
 
 mod cluster_cmd;
+mod config_apply_cmd;
 mod config_cmd;
 mod config_new;
 mod connect;
@@ -63,6 +64,8 @@ enum Command {
     Services(services_cmd::ServicesCommand),
     #[command(flatten)]
     Lifecycle(lifecycle_cmd::LifecycleCommand),
+    #[command(flatten)]
+    ConfigApply(config_apply_cmd::ConfigApplyCommand),
 }
 
 /// What every command gets besides its own flags.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Files(cmd) => files_cmd::run(cmd, &globals),
         Command::Services(cmd) => services_cmd::run(cmd, &globals),
         Command::Lifecycle(cmd) => lifecycle_cmd::run(cmd, &globals),
+        Command::ConfigApply(cmd) => config_apply_cmd::run(cmd, &globals),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

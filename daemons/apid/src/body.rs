@@ -21,6 +21,7 @@ use basalt_grpc::{FrameScanner, FrameTooLarge, MAX_MESSAGE_SIZE};
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -42,12 +43,55 @@ pub(crate) struct Enforce {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct ResponseBody {
-    inner: Body,
+    inner: Inner,
     scanner: Option<FrameScanner>,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     request_too_large: Option<Arc<OnceLock<FrameTooLarge>>>,
     audit: Option<AuditGuard>,
     state: State,
+}
+
+/// Where the body comes from. Not boxed: a forwarded call is apid's hot path.
+#[derive(Debug)]
+enum Inner {
+    /// machined's response, as hyper's client received it.
+    Upstream(Incoming),
+    /// A local service's response, or an error built by apid.
+    Local(Body),
+    /// Nothing (more) to pass through.
+    Empty,
+}
+
+impl Inner {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Local(body) => body.is_end_stream(),
+            Inner::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Local(body) => body.size_hint(),
+            Inner::Empty => SizeHint::with_exact(0),
+        }
+    }
+
+    /// The next frame; an upstream failure becomes the message for the `Unavailable` apid
+    /// sends instead.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+        match self {
+            Inner::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|err| crate::error::chain(&err)),
+            Inner::Local(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|status| status.message().to_owned()),
+            Inner::Empty => Poll::Ready(None),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -61,13 +105,33 @@ enum State {
 }
 
 impl ResponseBody {
-    /// Wraps a response, reading a trailers-only status from its headers for the audit record.
+    /// Wraps a local service's response (or one apid built), reading a trailers-only status
+    /// from its headers for the audit record.
     pub(crate) fn wrap(
         response: Response<Body>,
         audit: Option<AuditGuard>,
         enforce: Enforce,
     ) -> Response<ResponseBody> {
-        let (parts, inner) = response.into_parts();
+        let (parts, body) = response.into_parts();
+        Self::build(parts, Inner::Local(body), audit, enforce)
+    }
+
+    /// Wraps machined's response to a forwarded call.
+    pub(crate) fn upstream(
+        response: Response<Incoming>,
+        audit: AuditGuard,
+        enforce: Enforce,
+    ) -> Response<ResponseBody> {
+        let (parts, body) = response.into_parts();
+        Self::build(parts, Inner::Upstream(body), Some(audit), enforce)
+    }
+
+    fn build(
+        parts: http::response::Parts,
+        inner: Inner,
+        audit: Option<AuditGuard>,
+        enforce: Enforce,
+    ) -> Response<ResponseBody> {
         let mut audit = audit;
         if let (Some(audit), Some(code)) = (audit.as_mut(), code_in(&parts.headers)) {
             audit.set_code(code);
@@ -102,7 +166,7 @@ impl ResponseBody {
             // Only a message that cannot be a header value gets here; keep the code.
             let _ = Status::new(status.code(), "").add_header(&mut trailers);
         }
-        self.inner = Body::empty();
+        self.inner = Inner::Empty;
         self.deadline = None;
         self.state = State::Trailers(trailers);
     }
@@ -145,7 +209,7 @@ impl HttpBody for ResponseBody {
                 continue;
             }
 
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            match this.inner.poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.finish();
@@ -156,10 +220,9 @@ impl HttpBody for ResponseBody {
                     // so rather than passing on the resulting reset.
                     let status = match this.request_too_large.as_ref().and_then(|r| r.get()) {
                         Some(too_large) => Error::RequestTooLarge(*too_large).into(),
-                        None => Status::unavailable(format!(
-                            "machined stream broke: {}",
-                            upstream.message()
-                        )),
+                        None => {
+                            Status::unavailable(format!("machined stream broke: {upstream}"))
+                        }
                     };
                     this.end_with(status);
                     continue;

@@ -41,6 +41,10 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The audit writer thread could not be started.
+    #[error("start the audit writer thread")]
+    StartAuditWriter(#[source] io::Error),
+
     /// The reflection service could not be built from the compiled-in descriptor sets (a bug).
     #[error("build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -118,6 +122,7 @@ impl From<Error> for Status {
             err @ (Error::BindListener { .. }
             | Error::LoadCredentials(_)
             | Error::OpenAudit { .. }
+            | Error::StartAuditWriter(_)
             | Error::Reflection(_)) => basalt_grpc::internal(&err),
         }
     }

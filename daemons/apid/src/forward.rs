@@ -7,28 +7,30 @@
 //! trailers come back unchanged. Dropping the client's stream drops the upstream request and
 //! response, which resets the upstream stream, so machined sees the cancellation.
 //!
-//! The connection to machined is a tonic `Channel` over a unix-socket connector, created lazily:
-//! apid starts before machined's socket exists, and when machined restarts the next call simply
-//! reconnects. A failed connect surfaces at once as `Unavailable`.
+//! The connection to machined is one hyper HTTP/2 client connection over the unix socket,
+//! shared by every call. Calls go straight to hyper's [`SendRequest`] (cheap to clone): no
+//! tower `Buffer` task, no reconnect layer in between, because every hand-off between tasks
+//! is a possible thread wake-up and apid's latency budget is a few of those. The connection is
+//! made lazily (apid starts before machined's socket exists) and again by the first call after
+//! it closed (machined restarted); a failed connect surfaces at once as `Unavailable`.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use basalt_grpc::{LimitedBody, MAX_MESSAGE_SIZE};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
-use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
-use tower::{Service, ServiceExt};
+use tracing::debug;
 
 use crate::audit::AuditGuard;
 use crate::body::{Enforce, ResponseBody};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::peer::CallIdentity;
 
 /// HTTP/2 stream window towards machined: Talos's `InitialWindowSize` (65535 × 32).
@@ -37,30 +39,37 @@ const STREAM_WINDOW: u32 = 65_535 * 32;
 const CONNECTION_WINDOW: u32 = 65_535 * 16;
 /// A unix-socket connect either succeeds or fails at once; this only guards a wedged kernel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `:authority` machined sees; only a label on a unix socket.
+const AUTHORITY: &str = "machined";
+
+/// The request body sent upstream: the client's body under the message limit.
+type UpstreamBody = LimitedBody<Incoming>;
 
 /// The upstream: machined on its unix socket.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Machined {
-    channel: Channel,
     socket: PathBuf,
+    builder: http2::Builder<TokioExecutor>,
+    /// The open connection, if any. Held only to clone or replace the sender, never across an
+    /// `.await`.
+    current: Mutex<Option<SendRequest<UpstreamBody>>>,
+    /// Serializes connecting, so a burst of calls after machined came back opens one
+    /// connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Machined {
-    /// A lazily connected channel to `socket`; nothing is dialled until the first call.
+    /// A lazily connected client for `socket`; nothing is dialled until the first call.
     pub(crate) fn new(socket: &Path) -> Self {
-        let path = Arc::new(socket.to_path_buf());
-        // The authority is only a label; the connector ignores the URI.
-        let channel = Endpoint::from_static("http://machined")
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                let path = Arc::clone(&path);
-                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
-            }));
+            .initial_connection_window_size(CONNECTION_WINDOW);
         Self {
-            channel,
             socket: socket.to_path_buf(),
+            builder,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -73,6 +82,7 @@ impl Machined {
     ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
         call.apply(&mut parts.headers);
+        parts.uri = upstream_uri(parts.uri);
         let timeout = parts
             .headers
             .get("grpc-timeout")
@@ -84,12 +94,15 @@ impl Machined {
         // the upstream request with an error and is reported here.
         let request_too_large = Arc::new(OnceLock::new());
         let body = LimitedBody::new(body, MAX_MESSAGE_SIZE).with_report(request_too_large.clone());
-        let upstream = Request::from_parts(parts, Body::new(body));
+        let upstream = Request::from_parts(parts, body);
 
-        let mut channel = self.channel.clone();
-        let call_upstream = async move {
-            channel.ready().await?;
-            channel.call(upstream).await
+        // Dropping this future (deadline, or the client went away) cancels the upstream stream.
+        let call_upstream = async {
+            let mut sender = self.sender().await?;
+            sender
+                .send_request(upstream)
+                .await
+                .map_err(|err| Box::new(err) as BoxError)
         };
         let result = match deadline {
             Some((at, timeout)) => match tokio::time::timeout_at(at, call_upstream).await {
@@ -101,21 +114,21 @@ impl Machined {
             None => call_upstream.await,
         };
         match result {
-            Ok(response) => ResponseBody::wrap(
+            Ok(response) => ResponseBody::upstream(
                 response,
-                Some(audit),
+                audit,
                 Enforce {
                     message_limit: true,
                     deadline,
                     request_too_large: Some(request_too_large),
                 },
             ),
-            Err(err) => {
+            Err(source) => {
                 let err = match request_too_large.get() {
                     Some(too_large) => Error::RequestTooLarge(*too_large),
                     None => Error::MachinedUnreachable {
                         socket: self.socket.clone(),
-                        source: Box::new(err),
+                        source,
                     },
                 };
                 tracing::warn!(
@@ -126,6 +139,62 @@ impl Machined {
             }
         }
     }
+
+    /// The open connection's sender, connecting first if there is none or it closed.
+    async fn sender(&self) -> Result<SendRequest<UpstreamBody>, BoxError> {
+        if let Some(sender) = self.open_sender() {
+            return Ok(sender);
+        }
+        let _connecting = self.connecting.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some(sender) = self.open_sender() {
+            return Ok(sender);
+        }
+        let sender = self.connect().await?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    fn open_sender(&self) -> Option<SendRequest<UpstreamBody>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, BoxError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket))
+            .await
+            .map_err(|elapsed| Box::new(elapsed) as BoxError)??;
+        let (sender, connection) = self.builder.handshake(TokioIo::new(stream)).await?;
+        debug!(machined.socket = %self.socket.display(), "Connected to machined");
+        // The connection task ends when machined closes the socket or every sender is gone;
+        // `is_closed` then tells the next call to reconnect.
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!(
+                    error = &err as &dyn std::error::Error,
+                    "Connection to machined ended with an error"
+                );
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// `http://machined/<path>`: the scheme and authority hyper's HTTP/2 client needs, the path
+/// (and query, if any) as the client sent it.
+fn upstream_uri(uri: Uri) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(Authority::from_static(AUTHORITY));
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, which is all `from_parts` checks.
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://machined/"))
 }
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
@@ -168,5 +237,15 @@ mod tests {
         for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_the_path() {
+        let uri = upstream_uri(Uri::from_static(
+            "https://10.0.0.1:50000/machine.MachineService/Version",
+        ));
+        assert_eq!(uri, "http://machined/machine.MachineService/Version");
+        let uri = upstream_uri(Uri::from_static("/a.B/C?x=1"));
+        assert_eq!(uri, "http://machined/a.B/C?x=1");
     }
 }

@@ -9,12 +9,18 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use basalt_authz::{Role, RoleSet, metadata};
 use basalt_pki::Identity;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::Error;
+
+/// `talos-role`, parsed once.
+static ROLE: HeaderName = HeaderName::from_static(metadata::ROLE);
+/// `basalt-caller`, parsed once.
+static CALLER: HeaderName = HeaderName::from_static(metadata::CALLER);
 
 /// The verified client certificate of one TLS connection.
 #[derive(Clone, Debug)]
@@ -29,6 +35,8 @@ pub(crate) struct Peer {
     pub(crate) fingerprint: String,
     /// The roles in the certificate's Organization values (Talos parsing, unknown kept).
     pub(crate) roles: RoleSet,
+    /// The identity of every call that asserts no other roles, built once per connection.
+    pub(crate) identity: Arc<CallIdentity>,
 }
 
 impl Peer {
@@ -41,13 +49,33 @@ impl Peer {
         if !unknown.is_empty() {
             tracing::debug!(peer.addr = %addr, roles.unknown = ?unknown, "Certificate holds unknown roles");
         }
-        Ok(Self {
+        Ok(Self::new(
             addr,
-            common_name: id.common_name,
-            serial: id.serial,
-            fingerprint: id.fingerprint,
-            roles: id.roles,
-        })
+            id.common_name,
+            id.serial,
+            id.fingerprint,
+            id.roles,
+        ))
+    }
+
+    /// A peer with the call identity its own certificate gives.
+    pub(crate) fn new(
+        addr: SocketAddr,
+        common_name: Option<String>,
+        serial: String,
+        fingerprint: String,
+        roles: RoleSet,
+    ) -> Self {
+        let caller = caller_value(common_name.as_deref(), &serial, &fingerprint, &roles, addr);
+        let identity = Arc::new(CallIdentity::new(roles.clone(), caller, false));
+        Self {
+            addr,
+            common_name,
+            serial,
+            fingerprint,
+            roles,
+            identity,
+        }
     }
 
     /// Whether this peer may assert another caller's roles (`os:impersonator`).
@@ -79,14 +107,14 @@ pub(crate) struct Stripped {
 /// Removes every value of `talos-role`, `basalt-caller` and `proxyfrom` from `headers`.
 pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
     let mut stripped = Stripped::default();
-    if let http::header::Entry::Occupied(entry) = headers.entry(metadata::ROLE) {
+    if let http::header::Entry::Occupied(entry) = headers.entry(&ROLE) {
         for value in entry.remove_entry_mult().1 {
             if let Ok(text) = value.to_str() {
                 stripped.roles.extend(text.split(',').map(str::to_owned));
             }
         }
     }
-    if let http::header::Entry::Occupied(entry) = headers.entry(metadata::CALLER) {
+    if let http::header::Entry::Occupied(entry) = headers.entry(&CALLER) {
         stripped.caller = entry
             .remove_entry_mult()
             .1
@@ -108,47 +136,60 @@ pub(crate) struct CallIdentity {
     pub(crate) caller: String,
     /// True when the roles came from an impersonator's `talos-role`, not from the certificate.
     pub(crate) impersonated: bool,
+    /// `roles` as `talos-role` header values (cloning one is a reference-count increment).
+    role_values: Vec<HeaderValue>,
+    /// `caller` as a header value.
+    caller_value: Option<HeaderValue>,
 }
 
 impl CallIdentity {
+    /// An identity with its header values rendered.
+    ///
+    /// A role string that cannot be a header value (non-ASCII from an odd certificate) is
+    /// left out of `talos-role`: it could never match a rule anyway.
+    pub(crate) fn new(roles: RoleSet, caller: String, impersonated: bool) -> Self {
+        let role_values = roles
+            .iter()
+            .filter_map(|role| match HeaderValue::from_str(role.as_str()) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    tracing::debug!(role = role.as_str(), "Role cannot be sent as metadata");
+                    None
+                }
+            })
+            .collect();
+        let caller_value = HeaderValue::from_str(&caller).ok();
+        Self {
+            roles,
+            caller,
+            impersonated,
+            role_values,
+            caller_value,
+        }
+    }
+
     /// Effective identity: the certificate's roles, or, for an `os:impersonator` peer that sent
     /// `talos-role`, the roles it asserts (and the original caller it names, if any).
     ///
     /// An impersonator that sends no `talos-role` keeps its certificate roles, which no rule
     /// names, so it is denied everywhere (Talos).
-    pub(crate) fn resolve(peer: &Peer, stripped: Stripped) -> Self {
+    pub(crate) fn resolve(peer: &Peer, stripped: Stripped) -> Arc<Self> {
         if peer.is_impersonator() && !stripped.roles.is_empty() {
             let roles = RoleSet::parse(stripped.roles.iter().map(String::as_str));
             let caller = stripped.caller.unwrap_or_else(|| peer.caller(&roles));
-            return Self {
-                roles,
-                caller,
-                impersonated: true,
-            };
+            return Arc::new(Self::new(roles, caller, true));
         }
-        Self {
-            caller: peer.caller(&peer.roles),
-            roles: peer.roles.clone(),
-            impersonated: false,
-        }
+        Arc::clone(&peer.identity)
     }
 
     /// Writes `talos-role` (one header value per role, as grpc-go's multi-valued metadata and
     /// Talos's `SetMetadata` do) and `basalt-caller` into the upstream request.
-    ///
-    /// A role string that cannot be a header value (non-ASCII from an odd certificate) is
-    /// dropped: it could never match a rule anyway.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        for role in self.roles.iter() {
-            match HeaderValue::from_str(role.as_str()) {
-                Ok(value) => {
-                    headers.append(metadata::ROLE, value);
-                }
-                Err(_) => tracing::debug!(role = role.as_str(), "Role cannot be sent as metadata"),
-            }
+        for value in &self.role_values {
+            headers.append(&ROLE, value.clone());
         }
-        if let Ok(value) = HeaderValue::from_str(&self.caller) {
-            headers.insert(metadata::CALLER, value);
+        if let Some(value) = &self.caller_value {
+            headers.insert(&CALLER, value.clone());
         }
     }
 }
@@ -195,13 +236,13 @@ mod tests {
     use super::*;
 
     fn peer(roles: &[&str]) -> Peer {
-        Peer {
-            addr: "127.0.0.1:4242".parse().unwrap(),
-            common_name: Some("alice".to_owned()),
-            serial: "1f".to_owned(),
-            fingerprint: "ab".repeat(32),
-            roles: RoleSet::parse(roles.iter().copied()),
-        }
+        Peer::new(
+            "127.0.0.1:4242".parse().unwrap(),
+            Some("alice".to_owned()),
+            "1f".to_owned(),
+            "ab".repeat(32),
+            RoleSet::parse(roles.iter().copied()),
+        )
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -1,5 +1,7 @@
 //! The per-call pipeline: the one function that decides what happens to a request.
 
+use std::sync::Arc;
+
 use basalt_authz::{Decision, authorize};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -26,31 +28,30 @@ pub(crate) struct Shared {
 /// The order of the steps is security-relevant; each carries its reason.
 pub(crate) async fn handle(
     shared: &Shared,
-    peer: &Result<Peer, String>,
+    peer: Option<&Arc<Peer>>,
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     // 0. The handshake verified the chain; a leaf we cannot read gets nothing (defence in depth).
-    let peer = match peer {
-        Ok(peer) => peer,
-        Err(_) => return ResponseBody::error(Error::NoPeerCertificate, None),
+    let Some(peer) = peer else {
+        return ResponseBody::error(Error::NoPeerCertificate, None);
     };
-    let method = request.uri().path().to_owned();
 
     // 1. Internal metadata is attacker-controlled: remove every `talos-role`, `basalt-caller`
     //    and `proxyfrom` value first, so nothing below can read a forged one; an
     //    `os:impersonator` peer (another apid) is the only one whose asserted roles count.
     let stripped = strip_internal_metadata(request.headers_mut());
     let call = CallIdentity::resolve(peer, stripped);
+    let method = request.uri().path();
 
     // 2. Audit from here on: every call that reached this point gets exactly one record, written
     //    when its response ends (so it carries the final status and the full duration).
-    let mut audit = shared.audit.start(peer, &call, &method);
+    let mut audit = shared.audit.start(peer, &call, method.to_owned());
 
     // 3. Authorize before spending a hop on machined, with the same rules table machined
     //    applies again. Health and reflection are apid's own, need no role, and are
     //    deliberately kept out of the rules table (see `local`).
-    let is_local = local::is_local(&method);
-    if !is_local && let Decision::Deny(denial) = authorize(&method, &call.roles) {
+    let is_local = local::is_local(method);
+    if !is_local && let Decision::Deny(denial) = authorize(method, &call.roles) {
         warn!(
             grpc.method = %method,
             peer.addr = %peer.addr,

@@ -25,10 +25,10 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditWriter};
 use crate::error::Error;
 use crate::forward::Machined;
 use crate::local::LocalServices;
@@ -79,7 +79,7 @@ impl Server {
                 source,
             })?;
         let acceptor = TlsAcceptLoop::new(listener, tls_config, config.handshake_timeout);
-        let (audit, audit_task) = AuditLog::open(&config.audit)?;
+        let (audit, audit_writer) = AuditLog::open(&config.audit)?;
         let shared = Shared {
             audit,
             local: LocalServices::new().map_err(Error::Reflection)?,
@@ -97,7 +97,7 @@ impl Server {
             reloader,
             reload,
             shared: Arc::new(shared),
-            audit_task,
+            audit_writer,
         })
     }
 }
@@ -139,7 +139,7 @@ pub struct Bound {
     reload: ReloadHandle,
     stats: HandshakeStatsHandle,
     shared: Arc<Shared>,
-    audit_task: JoinHandle<()>,
+    audit_writer: AuditWriter,
 }
 
 impl Bound {
@@ -166,7 +166,7 @@ impl Bound {
             acceptor,
             reloader,
             shared,
-            audit_task,
+            audit_writer,
             ..
         } = self;
         // The reloader ends by itself once the accept loop (its last config reader) is gone.
@@ -206,7 +206,7 @@ impl Bound {
         drop(shared);
         let _ = reload_task.await;
         // Every audit sender is gone now, so the writer drains its queue and ends.
-        let _ = audit_task.await;
+        audit_writer.finished().await;
         info!("Stopped");
         Ok(())
     }
@@ -241,29 +241,32 @@ fn spawn_connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|cert| cert.as_ref());
-    let peer = Peer::from_leaf(peer_addr, leaf).map_err(|err| {
-        warn!(
-            peer.addr = %peer_addr,
-            error = &err as &dyn std::error::Error,
-            "Cannot read the verified client certificate; every call will be refused"
-        );
-        err.to_string()
-    });
-    if let Ok(peer) = &peer {
-        debug!(
-            peer.addr = %peer_addr,
-            peer.cn = peer.common_name.as_deref().unwrap_or(""),
-            peer.serial = %peer.serial,
-            peer.roles = %peer.roles,
-            "Connection authenticated"
-        );
-    }
-    let peer = Arc::new(peer);
+    // Everything a call needs from the certificate is worked out here, once per connection.
+    let peer = match Peer::from_leaf(peer_addr, leaf) {
+        Ok(peer) => {
+            debug!(
+                peer.addr = %peer_addr,
+                peer.cn = peer.common_name.as_deref().unwrap_or(""),
+                peer.serial = %peer.serial,
+                peer.roles = %peer.roles,
+                "Connection authenticated"
+            );
+            Some(Arc::new(peer))
+        }
+        Err(err) => {
+            warn!(
+                peer.addr = %peer_addr,
+                error = &err as &dyn std::error::Error,
+                "Cannot read the verified client certificate; every call will be refused"
+            );
+            None
+        }
+    };
     let shared = Arc::clone(shared);
     let service = hyper::service::service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        let peer = Arc::clone(&peer);
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, &peer, request).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(&shared, peer.as_ref(), request).await) }
     });
     let connection =
         graceful.watch(http2_builder().serve_connection(TokioIo::new(stream), service));

@@ -22,6 +22,12 @@
 //! - On control-plane nodes: apid's server certificate (issued from `machine.ca`, 24 h,
 //!   renewed every 12 h), apid's config file, and apid itself as a supervised child
 //!   ([`apid`]).
+//! - The service supervisor ([`supervise`]): apid and `machine.services` run as supervised
+//!   children with Talos's states, dependencies, health checks, restart policies with backoff,
+//!   SIGTERM-then-SIGKILL stops and captured output (bounded ring + rotated file); served as
+//!   ServiceList, ServiceStart/Stop/Restart, Logs and LogsContainers.
+//! - The node's event bus ([`EventBus`]): every service transition and lifecycle step is
+//!   published once, kept in a bounded ring and fanned out to `Events` followers.
 //!
 //! # What it must not do
 //!

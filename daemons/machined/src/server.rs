@@ -19,12 +19,12 @@ use crate::clientconfig::ClientConfigs;
 use crate::config::{
     AllowedUids, ApidLaunch, Config, DRAIN_TIMEOUT, MAX_MESSAGE_SIZE, SOCKET_DIR_MODE, SOCKET_MODE,
 };
+use crate::config_store::ConfigStore;
 use crate::events::EventBus;
 use crate::files::Files;
 use crate::layers::Stack;
 use crate::lifecycle::{Lifecycle, LifecycleParts, StateLayout};
 use crate::procfs::{ProcFs, ProcessUnits};
-use crate::config_store::ConfigStore;
 use crate::services::{ConfigApi, Diagnostics, MachineApi, VersionFacts, chain};
 use crate::supervise::{ServiceManager, ServiceSpec, stopped};
 

@@ -193,7 +193,11 @@ async fn every_validation_problem_is_reported_at_once_and_published() {
             .expect_err("invalid config");
         assert_eq!(status.code(), Code::InvalidArgument);
         for key in ["machine.type", "machine.token", "cluster.name"] {
-            assert!(status.message().contains(key), "{key} in {}", status.message());
+            assert!(
+                status.message().contains(key),
+                "{key} in {}",
+                status.message()
+            );
         }
         // Published on the event bus too.
         let event = tokio::time::timeout(Duration::from_secs(5), async {
@@ -231,7 +235,10 @@ async fn dry_run_changes_nothing_and_shows_the_diff() {
             details.contains("Applied configuration without a reboot (skipped in dry-run)"),
             "{details}"
         );
-        assert!(details.contains("Changed keys: machine.hostname"), "{details}");
+        assert!(
+            details.contains("Changed keys: machine.hostname"),
+            "{details}"
+        );
         assert!(details.contains("--- current\n+++ new\n"), "{details}");
         assert!(details.contains("\n+  hostname: n2\n"), "{details}");
         assert_eq!(node.history().await.len(), 1);
@@ -241,7 +248,11 @@ async fn dry_run_changes_nothing_and_shows_the_diff() {
         );
 
         let same = node.apply(BASE, Mode::NoReboot, true, None).await.unwrap();
-        assert!(same.mode_details.ends_with("No changes.\n"), "{}", same.mode_details);
+        assert!(
+            same.mode_details.ends_with("No changes.\n"),
+            "{}",
+            same.mode_details
+        );
         node.stop().await;
     })
     .await;
@@ -311,7 +322,11 @@ async fn a_caller_without_basalt_caller_is_recorded_by_roles_and_uid() {
             .expect("apply");
         let caller = node.history().await[0].caller.clone().unwrap();
         assert_eq!(caller.roles, ["os:admin"]);
-        assert!(caller.address.starts_with("unix:uid="), "{}", caller.address);
+        assert!(
+            caller.address.starts_with("unix:uid="),
+            "{}",
+            caller.address
+        );
         node.stop().await;
     })
     .await;
@@ -374,11 +389,17 @@ async fn reboot_keys_are_refused_by_no_reboot_and_try_and_reboot_with_auto() {
             .await
             .expect("auto with a reboot");
         assert_eq!(reply.mode, Mode::Reboot as i32, "{}", reply.mode_details);
-        assert!(reply.mode_details.contains("reboot actor id"), "{}", reply.mode_details);
+        assert!(
+            reply.mode_details.contains("reboot actor id"),
+            "{}",
+            reply.mode_details
+        );
         assert_eq!(node.history().await[0].mode, "AUTO(REBOOT)");
-        eventually(Duration::from_secs(10), "the staged config to activate", || async {
-            node.store.current().config.apid_listen().port() == 50100
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the staged config to activate",
+            || async { node.store.current().config.apid_listen().port() == 50100 },
+        )
         .await;
         let history = node.history().await;
         assert!(history[0].active && !history[0].staged);
@@ -393,23 +414,37 @@ async fn try_reverts_when_not_confirmed_in_time() {
         let dir = state_dir();
         let node = Node::start(dir.path(), 20).await;
         let reply = node
-            .apply(&with_hostname("trial"), Mode::Try, false, Some(Duration::from_secs(1)))
+            .apply(
+                &with_hostname("trial"),
+                Mode::Try,
+                false,
+                Some(Duration::from_secs(1)),
+            )
             .await
             .expect("try");
         assert_eq!(reply.mode, Mode::Try as i32);
-        assert!(reply.mode_details.contains("reverted to version 1"), "{}", reply.mode_details);
+        assert!(
+            reply.mode_details.contains("reverted to version 1"),
+            "{}",
+            reply.mode_details
+        );
         assert_eq!(node.active_yaml().await, with_hostname("trial"));
         let history = node.history().await;
         assert!(history[0].try_deadline.is_some());
 
         eventually(Duration::from_secs(10), "the revert", || async {
-            node.history().await[0].mode == "REVERT"
+            let newest = node.history().await.remove(0);
+            newest.mode == "REVERT" && newest.active
         })
         .await;
         assert_eq!(node.active_yaml().await, BASE);
         let history = node.history().await;
         assert!(history[0].active);
-        assert!(history[0].note.contains("version 2 was not confirmed"), "{}", history[0].note);
+        assert!(
+            history[0].note.contains("version 2 was not confirmed"),
+            "{}",
+            history[0].note
+        );
         assert_eq!(history[0].caller.as_ref().unwrap().address, "machined");
         node.stop().await;
     })
@@ -429,7 +464,11 @@ async fn try_is_confirmed_by_applying_it_again_or_by_confirm() {
             .apply(&with_hostname("t1"), Mode::NoReboot, false, None)
             .await
             .unwrap();
-        assert!(reply.mode_details.starts_with("Confirmed"), "{}", reply.mode_details);
+        assert!(
+            reply.mode_details.starts_with("Confirmed"),
+            "{}",
+            reply.mode_details
+        );
         assert_eq!(node.store.trial(), None);
 
         node.apply(&with_hostname("t2"), Mode::Try, false, timeout)
@@ -464,9 +503,14 @@ async fn try_reverts_at_start_when_the_deadline_passed_while_machined_was_down()
     within_deadline(async {
         let dir = state_dir();
         let node = Node::start(dir.path(), 20).await;
-        node.apply(&with_hostname("trial"), Mode::Try, false, Some(Duration::from_secs(1)))
-            .await
-            .unwrap();
+        node.apply(
+            &with_hostname("trial"),
+            Mode::Try,
+            false,
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
         node.stop().await;
         tokio::time::sleep(Duration::from_millis(1300)).await;
 
@@ -487,16 +531,22 @@ async fn try_is_rearmed_after_a_restart_and_reverts_when_the_deadline_passes() {
     within_deadline(async {
         let dir = state_dir();
         let node = Node::start(dir.path(), 20).await;
-        node.apply(&with_hostname("trial"), Mode::Try, false, Some(Duration::from_secs(3)))
-            .await
-            .unwrap();
+        node.apply(
+            &with_hostname("trial"),
+            Mode::Try,
+            false,
+            Some(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap();
         node.stop().await;
 
         let node = Node::start(dir.path(), 20).await;
         assert_eq!(node.active_yaml().await, with_hostname("trial"));
         assert!(node.history().await[0].try_deadline.is_some());
         eventually(Duration::from_secs(10), "the re-armed revert", || async {
-            node.history().await[0].mode == "REVERT"
+            let newest = node.history().await.remove(0);
+            newest.mode == "REVERT" && newest.active
         })
         .await;
         assert_eq!(node.active_yaml().await, BASE);
@@ -540,13 +590,20 @@ async fn history_is_bounded_and_rollback_reapplies_a_version_as_a_new_entry() {
         let dir = state_dir();
         let node = Node::start(dir.path(), 3).await;
         for i in 0..5 {
-            node.apply(&with_hostname(&format!("n{i}")), Mode::NoReboot, false, None)
-                .await
-                .unwrap();
+            node.apply(
+                &with_hostname(&format!("n{i}")),
+                Mode::NoReboot,
+                false,
+                None,
+            )
+            .await
+            .unwrap();
         }
         let versions: Vec<u64> = node.history().await.iter().map(|e| e.version).collect();
         assert_eq!(versions, [6, 5, 4]);
-        let files = std::fs::read_dir(dir.path().join("config/history")).unwrap().count();
+        let files = std::fs::read_dir(dir.path().join("config/history"))
+            .unwrap()
+            .count();
         assert_eq!(files, 3);
 
         let mut request = with_roles(RollbackRequest { version: 4 }, &["os:admin"]);
@@ -619,7 +676,11 @@ async fn only_admins_change_or_read_the_config_and_readers_see_history() {
             .apply_configuration(request)
             .await
             .unwrap_err();
-        assert!(status.message().contains("only os:admin"), "{}", status.message());
+        assert!(
+            status.message().contains("only os:admin"),
+            "{}",
+            status.message()
+        );
 
         let mut configs = node.configs().await;
         for status in [
@@ -636,7 +697,12 @@ async fn only_admins_change_or_read_the_config_and_readers_see_history() {
                 .await
                 .unwrap_err(),
         ] {
-            assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+            assert_eq!(
+                status.code(),
+                Code::PermissionDenied,
+                "{}",
+                status.message()
+            );
         }
         assert_eq!(node.history().await.len(), 1);
         node.stop().await;

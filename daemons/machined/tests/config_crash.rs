@@ -245,7 +245,11 @@ fn kill_9_during_apply_never_leaves_a_torn_config() {
     for dir in [state.join("config"), state.join("config/history")] {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(!name.contains(".tmp."), "temp file left in {}: {name}", dir.display());
+            assert!(
+                !name.contains(".tmp."),
+                "temp file left in {}: {name}",
+                dir.display()
+            );
         }
     }
 }

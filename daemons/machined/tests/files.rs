@@ -632,8 +632,11 @@ async fn disk_usage_refuses_every_bad_path_and_an_empty_request() {
 
 // === Copy ===
 
-/// The tar.gz stream of a Copy, unpacked in memory: path → (kind, contents or link target).
-fn untar(chunks: &[Data]) -> (Vec<(String, char, Vec<u8>)>, Option<String>) {
+/// One unpacked archive entry: path, kind (`f`, `d`, `l`), contents or link target.
+type TarEntry = (String, char, Vec<u8>);
+
+/// The tar.gz stream of a Copy, unpacked in memory, and the final message's error.
+fn untar(chunks: &[Data]) -> (Vec<TarEntry>, Option<String>) {
     let mut gz = Vec::new();
     let mut error = None;
     for chunk in chunks {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_api::machine;
+use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_config::{
     Base64Pem, BundleCerts, CertAndKey, ClientConfig, MachineConfig, MachineType, SecretsBundle,
 };
@@ -49,6 +49,8 @@ struct Options {
     /// SIGTERM → SIGKILL grace.
     stop_grace: Duration,
     machine: Option<MachineConfig>,
+    /// How long a boot waits for the service to be ready.
+    ready_patience: Duration,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             script: "echo started; exec sleep 30".to_owned(),
             stop_grace: Duration::from_secs(5),
             machine: None,
+            ready_patience: Duration::from_secs(10),
         }
     }
 }
@@ -67,15 +70,18 @@ impl Node {
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
         let config_file = state.join("machine.yaml");
-        std::fs::write(&config_file, "# the machine config machined was started from\n")
-            .expect("config file");
+        std::fs::write(
+            &config_file,
+            "# the machine config machined was started from\n",
+        )
+        .expect("config file");
         let socket = state.join("run/machined.sock");
         let host = Arc::new(basalt_sys::ContainerHost::new(Some("node-1".to_owned())));
         let mut config = Config::new(&socket, Arc::clone(&host) as Arc<dyn basalt_sys::Host>);
         config.state_dir = Some(state.clone());
         config.machine_config_file = Some(config_file);
         config.machine = options.machine;
-        config.boot_ready_patience = Duration::from_secs(10);
+        config.boot_ready_patience = options.ready_patience;
         let services = format!(
             "- name: sleeper\n  command: sh\n  args: [-c, {:?}]\n",
             options.script
@@ -111,14 +117,17 @@ impl Node {
         MachineServiceClient::new(connect(&self.socket).await)
     }
 
-    /// Waits until machined's own boot reported RUNNING and ready.
+    /// Waits until machined's own boot reported RUNNING (ready or not).
     async fn wait_for_first_boot(&self) {
         let mut client = self.client().await;
         let mut events = follow(&mut client, |r| r.tail_events = -1).await;
         loop {
             let event = next(&mut events).await;
-            if describe(&event) == "status RUNNING ready" {
-                assert!(event.actor_id.is_empty(), "machined's own boot has no actor");
+            if describe(&event).starts_with("status RUNNING") {
+                assert!(
+                    event.actor_id.is_empty(),
+                    "machined's own boot has no actor"
+                );
                 return;
             }
         }
@@ -198,12 +207,24 @@ fn describe(event: &machine::Event) -> String {
     match any.type_url.as_str() {
         "talos/runtime/machine.SequenceEvent" => {
             let e = machine::SequenceEvent::decode(value).expect("sequence");
-            let error = e.error.as_ref().map(|e| format!(" error: {}", e.message)).unwrap_or_default();
-            format!("sequence {} {}{error}", e.sequence, e.action().as_str_name())
+            let error = e
+                .error
+                .as_ref()
+                .map(|e| format!(" error: {}", e.message))
+                .unwrap_or_default();
+            format!(
+                "sequence {} {}{error}",
+                e.sequence,
+                e.action().as_str_name()
+            )
         }
         "talos/runtime/machine.MachineStatusEvent" => {
             let e = machine::MachineStatusEvent::decode(value).expect("status");
-            let ready = if e.status.as_ref().is_some_and(|s| s.ready) { " ready" } else { "" };
+            let ready = if e.status.as_ref().is_some_and(|s| s.ready) {
+                " ready"
+            } else {
+                ""
+            };
             format!("status {}{ready}", e.stage().as_str_name())
         }
         "talos/runtime/machine.PhaseEvent" => {
@@ -281,7 +302,10 @@ async fn service_state(client: &mut MachineServiceClient<Channel>) -> String {
         .expect("sleeper")
 }
 
-async fn reboot(client: &mut MachineServiceClient<Channel>, roles: &[&str]) -> Result<String, tonic::Status> {
+async fn reboot(
+    client: &mut MachineServiceClient<Channel>,
+    roles: &[&str],
+) -> Result<String, tonic::Status> {
     let reply = client
         .reboot(with_roles(
             machine::RebootRequest {
@@ -341,7 +365,11 @@ async fn an_operator_reboot_restarts_the_services_and_renews_the_boot_id() {
         assert_eq!(before, node.boot_id.current().expect("boot id"));
         assert_eq!(before.len(), 36);
         let host_boot_id = std::fs::read_to_string(BOOT_ID_PATH).unwrap_or_default();
-        assert_ne!(before, host_boot_id.trim(), "the node's boot id is not the host's");
+        assert_ne!(
+            before,
+            host_boot_id.trim(),
+            "the node's boot id is not the host's"
+        );
 
         // As talosctl does: subscribe, wait for the hello, then act.
         let mut events = follow(&mut client, |_| {}).await;
@@ -384,20 +412,56 @@ async fn an_operator_reboot_restarts_the_services_and_renews_the_boot_id() {
 }
 
 #[tokio::test]
+async fn a_reboot_with_a_crashing_service_ends_running_but_not_ready() {
+    within_deadline(async {
+        let node = Node::start(Options {
+            script: "echo started; exit 3".to_owned(),
+            ready_patience: Duration::from_millis(1500),
+            ..Options::default()
+        })
+        .await;
+        let mut client = node.client().await;
+        let mut events = follow(&mut client, |_| {}).await;
+        let actor = reboot(&mut client, OPERATOR).await.expect("reboot");
+        let status = loop {
+            let event = next(&mut events).await;
+            if event.actor_id == actor && describe(&event).starts_with("status RUNNING") {
+                let any = event.data.expect("data");
+                break machine::MachineStatusEvent::decode(any.value.as_slice()).expect("status");
+            }
+        };
+        let status = status.status.expect("status");
+        assert!(!status.ready, "a crash-looping service is not ready");
+        assert_eq!(status.unmet_conditions.len(), 1);
+        assert_eq!(status.unmet_conditions[0].name, "service sleeper");
+        until(&mut events, &actor, "sequence boot STOP").await;
+        node.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn readers_may_follow_events_but_not_reboot_shut_down_or_reset() {
     within_deadline(async {
         let node = Node::start(Options::default()).await;
         let mut client = node.client().await;
         let _events = follow_as(&mut client, READER, |_| {}).await;
-        let err = reboot(&mut client, READER).await.expect_err("reader reboot");
+        let err = reboot(&mut client, READER)
+            .await
+            .expect_err("reader reboot");
         assert_eq!(err.code(), Code::PermissionDenied);
         let err = client
-            .shutdown(with_roles(machine::ShutdownRequest { force: false }, READER))
+            .shutdown(with_roles(
+                machine::ShutdownRequest { force: false },
+                READER,
+            ))
             .await
             .expect_err("reader shutdown");
         assert_eq!(err.code(), Code::PermissionDenied);
         // Reset wipes state: admin only, as in Talos.
-        let err = reset(&mut client, OPERATOR, true).await.expect_err("operator reset");
+        let err = reset(&mut client, OPERATOR, true)
+            .await
+            .expect_err("operator reset");
         assert_eq!(err.code(), Code::PermissionDenied);
         assert_eq!(service_state(&mut client).await, "Running");
         node.stop().await;
@@ -419,18 +483,25 @@ async fn a_second_request_while_a_reboot_runs_is_refused() {
         let mut events = follow(&mut client, |_| {}).await;
         let actor = reboot(&mut client, OPERATOR).await.expect("reboot");
 
-        let err = reboot(&mut client, OPERATOR).await.expect_err("second reboot");
+        let err = reboot(&mut client, OPERATOR)
+            .await
+            .expect_err("second reboot");
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert_eq!(err.message(), "a reboot is already in progress");
         let err = client
-            .shutdown(with_roles(machine::ShutdownRequest { force: true }, OPERATOR))
+            .shutdown(with_roles(
+                machine::ShutdownRequest { force: true },
+                OPERATOR,
+            ))
             .await
             .expect_err("shutdown during reboot");
         assert_eq!(err.message(), "a reboot is already in progress");
 
         until(&mut events, &actor, "sequence boot STOP").await;
         // Once it is done, the next one is accepted.
-        let second = reboot(&mut client, OPERATOR).await.expect("reboot after reboot");
+        let second = reboot(&mut client, OPERATOR)
+            .await
+            .expect("reboot after reboot");
         until(&mut events, &second, "sequence boot STOP").await;
         node.stop().await;
     })
@@ -444,7 +515,10 @@ async fn shutdown_stops_the_services_and_then_machined_itself() {
         let mut client = node.client().await;
         let mut events = follow(&mut client, |_| {}).await;
         let reply = client
-            .shutdown(with_roles(machine::ShutdownRequest { force: true }, OPERATOR))
+            .shutdown(with_roles(
+                machine::ShutdownRequest { force: true },
+                OPERATOR,
+            ))
             .await
             .expect("shutdown")
             .into_inner();
@@ -467,7 +541,10 @@ async fn shutdown_stops_the_services_and_then_machined_itself() {
                 "sequence shutdown STOP",
             ]
         );
-        assert!(seen.iter().any(|(text, _)| text == "service sleeper FINISHED"));
+        assert!(
+            seen.iter()
+                .any(|(text, _)| text == "service sleeper FINISHED")
+        );
         node.ended().await;
     })
     .await;
@@ -538,7 +615,10 @@ async fn reset_with_reboot_wipes_the_state_but_keeps_what_the_node_needs() {
         for gone in ["history", "data", "notes.txt"] {
             assert!(!node.state.join(gone).exists(), "{gone} survived the reset");
         }
-        assert!(node.state.join("machine.yaml").exists(), "the machine config is kept");
+        assert!(
+            node.state.join("machine.yaml").exists(),
+            "the machine config is kept"
+        );
         // The log was emptied in place; the restarted service wrote to it again.
         eventually_reads(&log, "started\n").await;
         let after = read_boot_id(&mut client).await;
@@ -567,11 +647,20 @@ async fn reset_without_reboot_wipes_the_state_and_halts() {
 
         let mut left: Vec<String> = std::fs::read_dir(&state)
             .expect("state dir")
-            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         left.sort();
         assert_eq!(left, ["logs", "machine.yaml", "run"]);
-        assert_eq!(std::fs::read(state.join("logs/sleeper.log")).expect("log"), b"");
+        assert_eq!(
+            std::fs::read(state.join("logs/sleeper.log")).expect("log"),
+            b""
+        );
     })
     .await;
 }
@@ -612,7 +701,10 @@ async fn tasks_until_marker(stream: &mut Streaming<machine::Event>) -> Vec<Strin
         if text == "task marker START" {
             return names;
         }
-        if let Some(name) = text.strip_prefix("task ").and_then(|t| t.strip_suffix(" START")) {
+        if let Some(name) = text
+            .strip_prefix("task ")
+            .and_then(|t| t.strip_suffix(" START"))
+        {
             names.push(name.to_owned());
         }
     }
@@ -660,7 +752,11 @@ async fn events_backlog_follows_tail_events_tail_id_and_tail_seconds() {
                 .await
                 .expect_err("mutually exclusive");
             assert_eq!(err.code(), Code::InvalidArgument);
-            assert!(err.message().contains("mutually exclusive"), "{}", err.message());
+            assert!(
+                err.message().contains("mutually exclusive"),
+                "{}",
+                err.message()
+            );
         }
         node.stop().await;
     })
@@ -737,9 +833,14 @@ async fn generate_client_configuration_issues_a_client_cert_and_a_talosconfig() 
         .await;
         let mut client = node.client().await;
 
-        let reply = generate(&mut client, &["os:reader", "os:operator", "custom:role"], ADMIN, 3600)
-            .await
-            .expect("generate");
+        let reply = generate(
+            &mut client,
+            &["os:reader", "os:operator", "custom:role"],
+            ADMIN,
+            3600,
+        )
+        .await
+        .expect("generate");
         assert_eq!(reply.ca, ca.cert_pem().as_bytes());
         let crt = String::from_utf8(reply.crt.clone()).expect("PEM");
         let identity = Identity::from_pem(&crt).expect("certificate");
@@ -768,7 +869,9 @@ async fn generate_client_configuration_issues_a_client_cert_and_a_talosconfig() 
         assert_eq!(context.crt.as_ref().expect("crt").as_bytes(), reply.crt);
         assert_eq!(context.key.as_ref().expect("key").as_bytes(), reply.key);
 
-        let reader = generate(&mut client, &["os:reader"], ADMIN, 60).await.expect("one role");
+        let reader = generate(&mut client, &["os:reader"], ADMIN, 60)
+            .await
+            .expect("one role");
         let talosconfig =
             ClientConfig::from_yaml(std::str::from_utf8(&reader.talosconfig).expect("utf-8"))
                 .expect("talosconfig parses");
@@ -788,12 +891,18 @@ async fn generate_client_configuration_refuses_bad_requests_workers_and_non_admi
         })
         .await;
         let mut client = node.client().await;
-        let err = generate(&mut client, &["os:admin"], ADMIN, 0).await.expect_err("ttl 0");
+        let err = generate(&mut client, &["os:admin"], ADMIN, 0)
+            .await
+            .expect_err("ttl 0");
         assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(err.message(), "crt_ttl should be positive");
-        let err = generate(&mut client, &["os:admin"], ADMIN, -60).await.expect_err("ttl < 0");
+        let err = generate(&mut client, &["os:admin"], ADMIN, -60)
+            .await
+            .expect_err("ttl < 0");
         assert_eq!(err.code(), Code::InvalidArgument);
-        let err = generate(&mut client, &[" ", ""], ADMIN, 60).await.expect_err("no roles");
+        let err = generate(&mut client, &[" ", ""], ADMIN, 60)
+            .await
+            .expect_err("no roles");
         assert_eq!(err.code(), Code::InvalidArgument);
         let err = generate(&mut client, &["os:admin"], OPERATOR, 60)
             .await
@@ -808,7 +917,9 @@ async fn generate_client_configuration_refuses_bad_requests_workers_and_non_admi
         })
         .await;
         let mut client = node.client().await;
-        let err = generate(&mut client, &["os:admin"], ADMIN, 60).await.expect_err("worker");
+        let err = generate(&mut client, &["os:admin"], ADMIN, 60)
+            .await
+            .expect_err("worker");
         assert_eq!(err.code(), Code::Unimplemented);
         assert_eq!(
             err.message(),

@@ -189,10 +189,11 @@ pub(super) fn entry_versions(history: &Path) -> Result<Vec<u64>, Error> {
         let Some(stem) = name.to_str().and_then(|name| name.strip_suffix(".yaml")) else {
             continue;
         };
-        if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(version) = stem.parse() {
-                versions.push(version);
-            }
+        if !stem.is_empty()
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(version) = stem.parse()
+        {
+            versions.push(version);
         }
     }
     versions.sort_unstable();

@@ -342,7 +342,8 @@ impl ConfigStore {
         seed_yaml: &str,
         seed_note: &str,
     ) -> Result<Self, Error> {
-        let seed = MachineConfig::from_yaml(seed_yaml).map_err(|source| Error::InvalidSeed { source })?;
+        let seed =
+            MachineConfig::from_yaml(seed_yaml).map_err(|source| Error::InvalidSeed { source })?;
         let placeholder = Arc::new(ActiveConfig {
             version: 0,
             sha256: disk::sha256_hex(seed_yaml.as_bytes()),

@@ -14,8 +14,9 @@
 //! | Reset | `SequenceEvent{reset, START}`, `MachineStatusEvent{RESETTING}`, `stopEverything`/`stopAllServices`, `PhaseEvent{resetSystemDisk}` around `TaskEvent{wipeState}`, `SequenceEvent{reset, STOP}` (with `error` if the wipe failed), then the boot (`reboot: true`) or the halt |
 //! | boot (container) | new boot id, `SequenceEvent{boot, START}`, `MachineStatusEvent{BOOTING}`, `PhaseEvent{startEverything}` around `TaskEvent{startAllServices}`, `MachineStatusEvent{RUNNING, ready}`, `SequenceEvent{boot, STOP}` |
 //!
-//! `RUNNING` has `status.ready = true` once every service is ready (up, or a one-shot job that
-//! finished); if that takes longer than [`BOOT_READY_PATIENCE`], `RUNNING` is published with
+//! `RUNNING` has `status.ready = true` once every service is ready (healthy; without a health
+//! check, Running for half a second; or a one-shot job that finished); if that takes longer
+//! than [`BOOT_READY_PATIENCE`], `RUNNING` is published with
 //! `ready = false` and the missing services as `unmet_conditions`. machined's own start is a
 //! boot too (published without an actor id); a lifecycle request preempts it.
 //!

@@ -291,7 +291,7 @@ impl ConfigApi {
                 "{details}; it is reverted to version {} at {} unless confirmed (apply it again \
                  with mode no-reboot or auto, or call ConfigService/Confirm)",
                 trial.map_or(current.version, |trial| trial.revert_to),
-                format_time(deadline)
+                format_time(whole_seconds(deadline))
             );
         }
         if plan.action == Action::StageAndReboot {
@@ -621,6 +621,14 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `time` without its fraction of a second, for messages.
+fn whole_seconds(time: SystemTime) -> SystemTime {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs())
 }
 
 /// `1m0s`-style, as Go prints durations (Talos's messages do).

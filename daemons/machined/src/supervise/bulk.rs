@@ -5,13 +5,17 @@
 //! a reboot stops apid too (as Talos does), and the runners stay alive, so the services can be
 //! started again without re-registering them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use basalt_config::RestartPolicy;
 use tokio::sync::oneshot;
 
 use super::runner::Request;
 use super::{ServiceManager, State, stop_order};
+
+/// How long a service without a health check must have been Running to count as ready: a
+/// process that crashes right after it started is not ready, even though it ran for a moment.
+pub(crate) const READY_SETTLE: Duration = Duration::from_millis(500);
 
 /// A service that is not ready, and why (for `MachineStatusEvent.status.unmet_conditions`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,32 +63,47 @@ impl ServiceManager {
         }
     }
 
-    /// The services that are not ready. Ready means up (Running, and healthy when the service
-    /// has a health check), or Finished for a service that is not restarted after a clean exit
-    /// (a one-shot job that completed).
+    /// The services that are not ready. Ready means: Running and healthy, for a service with
+    /// a health check; Running for at least [`READY_SETTLE`], for one without; or Finished, for
+    /// a service that is not restarted after a clean exit (a one-shot job that completed).
     pub(crate) fn not_ready(&self) -> Vec<NotReady> {
-        self.shared
-            .units
-            .iter()
-            .filter_map(|(id, unit)| {
-                if unit.is_up() {
-                    return None;
-                }
-                let status = unit.status();
-                if status.state == State::Finished && unit.spec.restart != RestartPolicy::Always {
-                    return None;
-                }
-                let reason = if status.state == State::Running {
+        self.readiness(SystemTime::now()).0
+    }
+
+    /// [`ServiceManager::not_ready`] at `now`, plus how long until the soonest service that is
+    /// only settling may count as ready.
+    fn readiness(&self, now: SystemTime) -> (Vec<NotReady>, Option<Duration>) {
+        let mut missing = Vec::new();
+        let mut soonest: Option<Duration> = None;
+        for (id, unit) in &self.shared.units {
+            let status = unit.status();
+            let reason = match status.state {
+                State::Running if status.has_health_check => {
+                    if unit.is_up() {
+                        continue;
+                    }
                     "Running, not healthy yet".to_owned()
-                } else {
-                    status.state.as_str().to_owned()
-                };
-                Some(NotReady {
-                    service: id.clone(),
-                    reason,
-                })
-            })
-            .collect()
+                }
+                State::Running => {
+                    // The last recorded transition is the one into Running.
+                    let since = status.events.back().map_or(now, |event| event.time);
+                    let running_for = now.duration_since(since).unwrap_or_default();
+                    if running_for >= READY_SETTLE {
+                        continue;
+                    }
+                    let left = READY_SETTLE - running_for;
+                    soonest = Some(soonest.map_or(left, |soonest| soonest.min(left)));
+                    "Running, just started".to_owned()
+                }
+                State::Finished if unit.spec.restart != RestartPolicy::Always => continue,
+                state => state.as_str().to_owned(),
+            };
+            missing.push(NotReady {
+                service: id.clone(),
+                reason,
+            });
+        }
+        (missing, soonest)
     }
 
     /// Waits until every service is ready ([`ServiceManager::not_ready`] is empty) or
@@ -94,14 +113,23 @@ impl ServiceManager {
         let mut topology = self.shared.topology.subscribe();
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let missing = self.not_ready();
-            if missing.is_empty() {
+            let (missing, settling) = self.readiness(SystemTime::now());
+            if missing.is_empty() || tokio::time::Instant::now() >= deadline {
                 return missing;
             }
-            match tokio::time::timeout_at(deadline, topology.changed()).await {
-                Ok(Ok(())) => {}
-                // Timed out, or the manager is gone.
-                Ok(Err(_)) | Err(_) => return self.not_ready(),
+            // Wake up on the next transition, when a settling service may be ready, or at
+            // the deadline, whichever comes first.
+            let wake = settling
+                .map_or(deadline, |left| tokio::time::Instant::now() + left)
+                .min(deadline);
+            tokio::select! {
+                changed = topology.changed() => {
+                    if changed.is_err() {
+                        // The manager is gone.
+                        return self.not_ready();
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -175,7 +203,7 @@ mod tests {
         .expect("manager");
         manager.launch();
         let missing = manager.wait_ready(Duration::from_millis(300)).await;
-        assert_eq!(missing.len(), 1);
+        assert_eq!(missing.len(), 1, "{:?}", manager.list());
         assert_eq!(missing[0].service, "broken");
         manager.shutdown().await;
     }

@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     stop_grace: Duration,
 }
 
+/// Services registered but not launched yet, with the receiving ends of their command queues.
+type Pending = Vec<(Arc<Unit>, mpsc::UnboundedReceiver<Request>)>;
+
 /// The handle on all supervised services; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct ServiceManager {
@@ -107,7 +110,7 @@ pub(crate) struct ServiceManager {
     /// True once machined shuts down: `Logs` follow streams end.
     closing: watch::Sender<bool>,
     /// Command receivers waiting for [`ServiceManager::launch`].
-    pending: Arc<Mutex<Vec<(Arc<Unit>, mpsc::UnboundedReceiver<Request>)>>>,
+    pending: Arc<Mutex<Pending>>,
     /// The runner tasks.
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
