@@ -2,6 +2,9 @@
 //! dry run, validation, history with callers, TRY reverts (also across a restart), concurrency,
 //! rollback and authorization.
 
+// Tests state their expectations with unwrap/expect: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

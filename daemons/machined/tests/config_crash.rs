@@ -3,6 +3,9 @@
 //! is byte for byte the old or the new config, every history entry parses, and the next start
 //! recovers to a consistent store.
 
+// Tests state their expectations with unwrap/expect: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::Path;

@@ -76,7 +76,7 @@ impl StateLayout {
             let entry = entry.map_err(err(dir, "list"))?;
             let path = entry.path();
             let file_type = entry.file_type().map_err(err(&path, "inspect"))?;
-            if self.keep.iter().any(|keep| *keep == path) {
+            if self.keep.contains(&path) {
                 report.kept += 1;
             } else if self.empty.iter().any(|empty| path.starts_with(empty)) {
                 if file_type.is_dir() {
