@@ -232,6 +232,41 @@ async fn basaltctl_shutdown_stops_machined_and_apid() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basaltctl_reset_with_reboot_wipes_the_state_and_the_node_comes_back() {
+    within_test_deadline(async {
+        let node = Node::start().await;
+        let config = node.dir().join("admin.yaml");
+        client_config(&node, Cert::Admin, &config);
+        let junk = node.state_dir().join("junk/left-by-a-service");
+        std::fs::create_dir_all(junk.parent().unwrap()).unwrap();
+        std::fs::write(&junk, "data").unwrap();
+        let before = boot_id(&node).await;
+
+        let out = basaltctl(
+            node.dir(),
+            &config,
+            &["reset", "--reboot", "--timeout", "40s"],
+        )
+        .await;
+        assert_success(&out, "basaltctl reset --reboot", &node);
+        let stderr = text(&out.stderr);
+        for line in ["wiping the state directory…", "boot id changed", "running"] {
+            assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
+        }
+        assert!(!junk.exists(), "the state directory was not wiped");
+        assert!(
+            node.state_dir().join("apid").is_dir(),
+            "apid's files are kept"
+        );
+        assert_ne!(boot_id(&node).await, before);
+        let out = basaltctl(node.dir(), &config, &["hostname"]).await;
+        assert_success(&out, "hostname after the reset", &node);
+        node.shutdown().await;
+    })
+    .await;
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }

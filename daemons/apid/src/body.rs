@@ -14,14 +14,15 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use basalt_grpc::{FrameScanner, FrameTooLarge, MAX_MESSAGE_SIZE};
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
+use h2::RecvStream;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -47,6 +48,8 @@ pub(crate) struct ResponseBody {
     scanner: Option<FrameScanner>,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     request_too_large: Option<Arc<OnceLock<FrameTooLarge>>>,
+    /// Keeps the request body flowing to machined; see [`ResponseBody::upstream`].
+    pumping: Option<oneshot::Sender<()>>,
     audit: Option<AuditGuard>,
     state: State,
 }
@@ -54,8 +57,8 @@ pub(crate) struct ResponseBody {
 /// Where the body comes from. Not boxed: a forwarded call is apid's hot path.
 #[derive(Debug)]
 enum Inner {
-    /// machined's response, as hyper's client received it.
-    Upstream(Incoming),
+    /// machined's response body; `data_done` once its DATA frames are all read.
+    Upstream { recv: RecvStream, data_done: bool },
     /// A local service's response, or an error built by apid.
     Local(Body),
     /// Nothing (more) to pass through.
@@ -65,7 +68,7 @@ enum Inner {
 impl Inner {
     fn is_end_stream(&self) -> bool {
         match self {
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream { recv, .. } => recv.is_end_stream(),
             Inner::Local(body) => body.is_end_stream(),
             Inner::Empty => true,
         }
@@ -73,7 +76,7 @@ impl Inner {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream { .. } => SizeHint::default(),
             Inner::Local(body) => body.size_hint(),
             Inner::Empty => SizeHint::with_exact(0),
         }
@@ -83,9 +86,27 @@ impl Inner {
     /// sends instead.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, String>>> {
         match self {
-            Inner::Upstream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|err| crate::error::chain(&err)),
+            Inner::Upstream { recv, data_done } => {
+                if !*data_done {
+                    match ready!(recv.poll_data(cx)) {
+                        Some(Ok(data)) => {
+                            // Reading it frees room in machined's window for more.
+                            let _ = recv.flow_control().release_capacity(data.len());
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Some(Err(err)) => return Poll::Ready(Some(Err(crate::error::chain(&err)))),
+                        None => *data_done = true,
+                    }
+                }
+                match ready!(recv.poll_trailers(cx)) {
+                    Ok(Some(trailers)) => {
+                        *self = Inner::Empty;
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    Ok(None) => Poll::Ready(None),
+                    Err(err) => Poll::Ready(Some(Err(crate::error::chain(&err)))),
+                }
+            }
             Inner::Local(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|status| status.message().to_owned()),
@@ -116,14 +137,22 @@ impl ResponseBody {
         Self::build(parts, Inner::Local(body), audit, enforce)
     }
 
-    /// Wraps machined's response to a forwarded call.
+    /// Wraps machined's response to a forwarded call. `pumping` is held while the request
+    /// body is still being forwarded: dropping it stops that (see `forward::pump`).
     pub(crate) fn upstream(
-        response: Response<Incoming>,
+        response: Response<RecvStream>,
         audit: AuditGuard,
         enforce: Enforce,
+        pumping: Option<oneshot::Sender<()>>,
     ) -> Response<ResponseBody> {
-        let (parts, body) = response.into_parts();
-        Self::build(parts, Inner::Upstream(body), Some(audit), enforce)
+        let (parts, recv) = response.into_parts();
+        let inner = Inner::Upstream {
+            recv,
+            data_done: false,
+        };
+        let mut response = Self::build(parts, inner, Some(audit), enforce);
+        response.body_mut().pumping = pumping;
+        response
     }
 
     fn build(
@@ -145,6 +174,7 @@ impl ResponseBody {
                 .deadline
                 .map(|(at, timeout)| (Box::pin(tokio::time::sleep_until(at)), timeout)),
             request_too_large: enforce.request_too_large,
+            pumping: None,
             audit,
             state: State::Streaming,
         };
@@ -167,6 +197,7 @@ impl ResponseBody {
             let _ = Status::new(status.code(), "").add_header(&mut trailers);
         }
         self.inner = Inner::Empty;
+        self.pumping = None;
         self.deadline = None;
         self.state = State::Trailers(trailers);
     }

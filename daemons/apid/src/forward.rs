@@ -7,24 +7,41 @@
 //! trailers come back unchanged. Dropping the client's stream drops the upstream request and
 //! response, which resets the upstream stream, so machined sees the cancellation.
 //!
-//! The connection to machined is one hyper HTTP/2 client connection over the unix socket,
-//! shared by every call. Calls go straight to hyper's [`SendRequest`] (cheap to clone): no
-//! tower `Buffer` task, no reconnect layer in between, because every hand-off between tasks
-//! is a possible thread wake-up and apid's latency budget is a few of those. The connection is
-//! made lazily (apid starts before machined's socket exists) and again by the first call after
-//! it closed (machined restarted); a failed connect surfaces at once as `Unavailable`.
+//! The connection to machined is one HTTP/2 client connection (the `h2` crate, which hyper's
+//! client is built on) over the unix socket, shared by every call. apid's latency budget is a
+//! handful of thread wake-ups, so a call hands work to as few other tasks as possible:
+//!
+//! - the calling task opens the stream, pushes the request body the client has already sent
+//!   and awaits machined's response headers itself. tonic's `Channel` would add a tower
+//!   `Buffer` worker task, and hyper's client a dispatch task plus a task per call to await the
+//!   response, and it would wait for stream capacity before the first DATA frame, so the
+//!   request went out in two writes (HEADERS, then DATA) — each one a wake-up of machined;
+//! - only a request body that is still streaming gets a task of its own ([`pump`]), which
+//!   follows machined's flow control like hyper's does;
+//! - the connection itself is driven by one task per connection.
+//!
+//! The connection is made lazily (apid starts before machined's socket exists) and again by
+//! the first call after it closed (machined restarted); a failed connect surfaces at once as
+//! `Unavailable`.
 
+use std::future::poll_fn;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use basalt_grpc::{LimitedBody, MAX_MESSAGE_SIZE};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Reason, SendStream};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -37,37 +54,45 @@ use crate::peer::CallIdentity;
 const STREAM_WINDOW: u32 = 65_535 * 32;
 /// HTTP/2 connection window towards machined: Talos's `InitialConnWindowSize` (65535 × 16).
 const CONNECTION_WINDOW: u32 = 65_535 * 16;
+/// Largest response header block accepted from machined (the same limit apid applies to its
+/// clients' requests).
+const MAX_HEADER_LIST_SIZE: u32 = crate::server::MAX_HEADER_LIST_SIZE;
 /// A unix-socket connect either succeeds or fails at once; this only guards a wedged kernel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The `:authority` machined sees; only a label on a unix socket.
 const AUTHORITY: &str = "machined";
+/// At most this much of a request body is handed to the stream before it is open and has
+/// flow-control capacity; the rest waits for machined's window (see [`push_ready`]).
+const EAGER_LIMIT: usize = 64 * 1024;
 
 /// The request body sent upstream: the client's body under the message limit.
-type UpstreamBody = LimitedBody<Incoming>;
+type RequestBody = LimitedBody<Incoming>;
 
 /// The upstream: machined on its unix socket.
 #[derive(Debug)]
 pub(crate) struct Machined {
     socket: PathBuf,
-    builder: http2::Builder<TokioExecutor>,
-    /// The open connection, if any. Held only to clone or replace the sender, never across an
+    /// The open connection, if any. Held only to clone or replace it, never across an
     /// `.await`.
-    current: Mutex<Option<SendRequest<UpstreamBody>>>,
+    current: Mutex<Option<Connection>>,
     /// Serializes connecting, so a burst of calls after machined came back opens one
     /// connection, not one each.
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// One HTTP/2 connection to machined.
+#[derive(Clone, Debug)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends (machined closed the socket, or it broke).
+    closed: Arc<AtomicBool>,
+}
+
 impl Machined {
     /// A lazily connected client for `socket`; nothing is dialled until the first call.
     pub(crate) fn new(socket: &Path) -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
         Self {
             socket: socket.to_path_buf(),
-            builder,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
@@ -94,15 +119,29 @@ impl Machined {
         // the upstream request with an error and is reported here.
         let request_too_large = Arc::new(OnceLock::new());
         let body = LimitedBody::new(body, MAX_MESSAGE_SIZE).with_report(request_too_large.clone());
-        let upstream = Request::from_parts(parts, body);
+        let head = Request::from_parts(parts, ());
 
-        // Dropping this future (deadline, or the client went away) cancels the upstream stream.
+        // Dropping this future (deadline, or the client went away) drops the stream's handles,
+        // which resets the upstream stream: machined sees the cancellation.
         let call_upstream = async {
-            let mut sender = self.sender().await?;
-            sender
-                .send_request(upstream)
-                .await
-                .map_err(|err| Box::new(err) as BoxError)
+            let sender = self.sender().await?;
+            let mut sender = sender.ready().await?;
+            let end_of_stream = body.is_end_stream();
+            let (response, send) = sender.send_request(head, end_of_stream)?;
+            let mut pumping = None;
+            if !end_of_stream {
+                let mut body = Some(body);
+                let mut send = Some(send);
+                // What the client has sent already goes out with the HEADERS frame.
+                let pending = poll_fn(|cx| Poll::Ready(push_ready(&mut body, &mut send, cx))).await;
+                if pending && let (Some(body), Some(send)) = (body, send) {
+                    let (abandoned_tx, abandoned) = oneshot::channel();
+                    tokio::spawn(pump(body, send, abandoned));
+                    pumping = Some(abandoned_tx);
+                }
+            }
+            let response = response.await?;
+            Ok::<_, BoxError>((response, pumping))
         };
         let result = match deadline {
             Some((at, timeout)) => match tokio::time::timeout_at(at, call_upstream).await {
@@ -114,7 +153,7 @@ impl Machined {
             None => call_upstream.await,
         };
         match result {
-            Ok(response) => ResponseBody::upstream(
+            Ok((response, pumping)) => ResponseBody::upstream(
                 response,
                 audit,
                 Enforce {
@@ -122,6 +161,7 @@ impl Machined {
                     deadline,
                     request_too_large: Some(request_too_large),
                 },
+                pumping,
             ),
             Err(source) => {
                 let err = match request_too_large.get() {
@@ -141,7 +181,7 @@ impl Machined {
     }
 
     /// The open connection's sender, connecting first if there is none or it closed.
-    async fn sender(&self) -> Result<SendRequest<UpstreamBody>, BoxError> {
+    async fn sender(&self) -> Result<SendRequest<Bytes>, BoxError> {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
@@ -150,28 +190,37 @@ impl Machined {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
-        let sender = self.connect().await?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        let connection = self.connect().await?;
+        let sender = connection.sender.clone();
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
         Ok(sender)
     }
 
-    fn open_sender(&self) -> Option<SendRequest<UpstreamBody>> {
+    fn open_sender(&self) -> Option<SendRequest<Bytes>> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .filter(|sender| !sender.is_closed())
-            .cloned()
+            .filter(|connection| !connection.closed.load(Ordering::Acquire))
+            .map(|connection| connection.sender.clone())
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, BoxError> {
+    async fn connect(&self) -> Result<Connection, BoxError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket))
             .await
             .map_err(|elapsed| Box::new(elapsed) as BoxError)??;
-        let (sender, connection) = self.builder.handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .enable_push(false)
+            .handshake(stream)
+            .await?;
         debug!(machined.socket = %self.socket.display(), "Connected to machined");
-        // The connection task ends when machined closes the socket or every sender is gone;
-        // `is_closed` then tells the next call to reconnect.
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        // The task ends when machined closes the socket or the connection breaks; the flag
+        // then tells the next call to reconnect.
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 debug!(
@@ -179,9 +228,120 @@ impl Machined {
                     "Connection to machined ended with an error"
                 );
             }
+            flag.store(true, Ordering::Release);
         });
-        Ok(sender)
+        Ok(Connection { sender, closed })
     }
+}
+
+/// Hands the request body frames that are already here to the upstream stream, without
+/// waiting for it to open: h2 queues them behind the HEADERS frame, so a unary request leaves
+/// in one write. Stops at the end of the body (taking `body` and `send`), at the first frame
+/// that is not here yet, or after [`EAGER_LIMIT`] bytes; returns whether the body still has
+/// more to send.
+///
+/// Taking frames from the client releases its flow-control window, so only a bounded amount
+/// is taken here; from then on [`pump`] waits for machined's window before taking more.
+fn push_ready(
+    body: &mut Option<RequestBody>,
+    send: &mut Option<SendStream<Bytes>>,
+    cx: &mut Context<'_>,
+) -> bool {
+    let (Some(source), Some(sink)) = (body.as_mut(), send.as_mut()) else {
+        return false;
+    };
+    let mut pushed = 0;
+    while pushed < EAGER_LIMIT {
+        match step(source, sink, cx) {
+            Poll::Ready(Step::Sent(len)) => pushed += len,
+            Poll::Ready(Step::Finished) => {
+                *body = None;
+                *send = None;
+                return false;
+            }
+            Poll::Pending => break,
+        }
+    }
+    true
+}
+
+/// What one [`step`] did.
+enum Step {
+    /// Passed on a DATA frame of this many bytes; more is to come.
+    Sent(usize),
+    /// The request is complete (or was reset); nothing more to do.
+    Finished,
+}
+
+/// Moves the next frame of `source`, if it is here, to `sink`.
+fn step(source: &mut RequestBody, sink: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<Step> {
+    let result = match ready!(Pin::new(&mut *source).poll_frame(cx)) {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => {
+                let len = data.len();
+                let end = source.is_end_stream();
+                match sink.send_data(data, end) {
+                    Ok(()) if end => Ok(Step::Finished),
+                    Ok(()) => Ok(Step::Sent(len)),
+                    Err(err) => Err(err),
+                }
+            }
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => sink.send_trailers(trailers).map(|()| Step::Finished),
+                // Neither data nor trailers: nothing HTTP/2 can carry.
+                Err(_) => Ok(Step::Sent(0)),
+            },
+        },
+        // The client's stream failed (it went away, or sent an oversized message): machined
+        // sees the call cancelled.
+        Some(Err(err)) => {
+            debug!(error = &err as &dyn std::error::Error, "Request body failed");
+            sink.send_reset(Reason::CANCEL);
+            Ok(Step::Finished)
+        }
+        None => sink.send_data(Bytes::new(), true).map(|()| Step::Finished),
+    };
+    Poll::Ready(result.unwrap_or_else(|err| {
+        // The upstream stream is gone (reset by machined, or the connection broke); the
+        // response side reports it.
+        debug!(error = &err as &dyn std::error::Error, "Request body not forwarded");
+        Step::Finished
+    }))
+}
+
+/// Forwards the rest of a streaming request body under machined's flow control, until the
+/// body ends, either side fails, or the response is dropped (`abandoned` closes), which resets
+/// the upstream stream.
+async fn pump(
+    mut source: RequestBody,
+    mut sink: SendStream<Bytes>,
+    mut abandoned: oneshot::Receiver<()>,
+) {
+    poll_fn(|cx| {
+        loop {
+            if Pin::new(&mut abandoned).poll(cx).is_ready() {
+                sink.send_reset(Reason::CANCEL);
+                return Poll::Ready(());
+            }
+            // Ask for room for the next frame before taking it from the client, so the
+            // client is only allowed to send as fast as machined reads.
+            sink.reserve_capacity(1);
+            if sink.capacity() == 0 {
+                match ready!(sink.poll_capacity(cx)) {
+                    Some(Ok(_)) => continue,
+                    // The stream was reset or closed: nothing more can be sent.
+                    Some(Err(_)) | None => return Poll::Ready(()),
+                }
+            }
+            if let Poll::Ready(_) = sink.poll_reset(cx) {
+                return Poll::Ready(());
+            }
+            if let Step::Finished = ready!(step(&mut source, &mut sink, cx)) {
+                return Poll::Ready(());
+            }
+        }
+    })
+    .await;
 }
 
 /// `http://machined/<path>`: the scheme and authority hyper's HTTP/2 client needs, the path

@@ -27,18 +27,33 @@ use crate::Error;
 /// The method name used in errors.
 const METHOD: &str = "GenerateClientConfiguration";
 
+/// Where the machine config comes from at each request.
+type Source = Arc<dyn Fn() -> Option<MachineConfig> + Send + Sync>;
+
 /// Issues client configurations from the machine config's CA.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub(crate) struct ClientConfigs {
-    /// The machine config machined runs with; `None` (machined without one, as in tests)
-    /// behaves like a worker.
-    machine: Option<Arc<MachineConfig>>,
+    /// The machine config machined runs with, read at each request (so a config apply that
+    /// rotates the CA is followed); `None` (machined without one, as in tests) behaves like a
+    /// worker.
+    source: Source,
 }
 
 impl ClientConfigs {
+    /// Signs with `machine`'s CA, for the life of the process.
     pub(crate) fn new(machine: Option<MachineConfig>) -> Self {
         ClientConfigs {
-            machine: machine.map(Arc::new),
+            source: Arc::new(move || machine.clone()),
+        }
+    }
+
+    /// Signs with the CA of whatever `source` returns at the time of each request (the
+    /// config store's active config).
+    pub(crate) fn from_source(
+        source: impl Fn() -> Option<MachineConfig> + Send + Sync + 'static,
+    ) -> Self {
+        ClientConfigs {
+            source: Arc::new(source),
         }
     }
 
@@ -47,9 +62,7 @@ impl ClientConfigs {
         &self,
         request: machine::GenerateClientConfigurationRequest,
     ) -> Result<machine::GenerateClientConfiguration, Error> {
-        let machine = self
-            .machine
-            .as_deref()
+        let machine = (self.source)()
             .filter(|machine| machine.machine_type() == MachineType::ControlPlane)
             .ok_or(Error::ControlPlaneOnly { method: METHOD })?;
         let ca_key = machine
@@ -112,6 +125,20 @@ impl ClientConfigs {
             key: issued.key_pem.into_bytes(),
             talosconfig: talosconfig.into_bytes(),
         })
+    }
+}
+
+impl Default for ClientConfigs {
+    /// No machine config: every request is refused as on a worker.
+    fn default() -> Self {
+        ClientConfigs::new(None)
+    }
+}
+
+impl std::fmt::Debug for ClientConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config holds the CA key: show nothing of it.
+        f.debug_struct("ClientConfigs").finish_non_exhaustive()
     }
 }
 

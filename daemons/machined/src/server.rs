@@ -119,22 +119,32 @@ impl Server {
             ready_patience: boot_ready_patience,
         });
 
-        let config_api = config_store.as_ref().map(|store| {
+        if let Some(store) = &config_store {
             // Every container-mode reboot reloads the store before services start: a staged
             // config becomes active, a wiped (Reset) store is seeded again.
-            let hook_store = store.clone();
+            let store = store.clone();
             lifecycle.on_boot(
                 "activateStagedConfig",
-                Arc::new(move || hook_store.boot().map_err(|err| chain(&err))),
+                Arc::new(move || store.boot().map_err(|err| chain(&err))),
             );
-            ConfigApi::new(
-                store.clone(),
-                supervised.events().clone(),
-                Some(lifecycle.clone()),
-            )
-        });
+        }
+        // Without a store, ApplyConfiguration and ConfigService answer FailedPrecondition.
+        let config_api = ConfigApi::new(
+            config_store.clone(),
+            supervised.events().clone(),
+            Some(lifecycle.clone()),
+        );
 
-        let mut machine = MachineApi::new(
+        // GenerateClientConfiguration signs with the active config's CA (followed across
+        // applies when there is a store).
+        let client_configs = match &config_store {
+            Some(store) => {
+                let store = store.clone();
+                ClientConfigs::from_source(move || Some(store.current().config.clone()))
+            }
+            None => ClientConfigs::new(machine_config),
+        };
+        let machine = MachineApi::new(
             Arc::clone(&host),
             ProcFs::new("/proc"),
             units,
@@ -142,10 +152,8 @@ impl Server {
             supervised.clone(),
         )
         .with_files(Files::new(files))
-        .with_lifecycle(lifecycle.clone(), ClientConfigs::new(machine_config));
-        if let Some(api) = &config_api {
-            machine = machine.with_config(api.clone());
-        }
+        .with_lifecycle(lifecycle.clone(), client_configs)
+        .with_config(config_api.clone());
 
         tracing::info!(
             socket = %socket.display(),
@@ -179,7 +187,7 @@ pub struct Bound {
     host: Arc<dyn Host>,
     supervised: ServiceManager,
     lifecycle: Lifecycle,
-    config_api: Option<ConfigApi>,
+    config_api: ConfigApi,
     config_store: Option<ConfigStore>,
 }
 
@@ -258,11 +266,11 @@ impl Bound {
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_MESSAGE_SIZE),
             )
-            .add_optional_service(config_api.map(|api| {
-                ConfigServiceServer::new(api)
+            .add_service(
+                ConfigServiceServer::new(config_api)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(MAX_MESSAGE_SIZE)
-            }));
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            );
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let serve =

@@ -17,7 +17,7 @@ use basalt_api::basalt::v1::{
 };
 use basalt_api::machine::apply_configuration_request::Mode;
 use basalt_api::machine::machine_service_client::MachineServiceClient;
-use basalt_api::machine::{ApplyConfiguration, ApplyConfigurationRequest};
+use basalt_api::machine::{ApplyConfiguration, ApplyConfigurationRequest, ResetRequest};
 use machined::events::EventPayload;
 use machined::{Config, ConfigStore, ConfigStoreOptions, EventBus, MAX_MESSAGE_SIZE, Server};
 use support::{connect, short_tempdir, with_roles, within_deadline};
@@ -708,6 +708,47 @@ async fn only_admins_change_or_read_the_config_and_readers_see_history() {
             );
         }
         assert_eq!(node.history().await.len(), 1);
+        node.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reset_wipes_the_history_and_the_reboot_seeds_the_store_again() {
+    within_deadline(async {
+        let dir = state_dir();
+        let node = Node::start(dir.path(), 20).await;
+        node.apply(&with_hostname("n2"), Mode::NoReboot, false, None)
+            .await
+            .unwrap();
+        assert_eq!(node.history().await.len(), 2);
+        node.machine()
+            .await
+            .reset(with_roles(
+                ResetRequest {
+                    reboot: true,
+                    ..Default::default()
+                },
+                &["os:admin"],
+            ))
+            .await
+            .expect("reset");
+        // The reboot after the wipe runs the store's boot hook: seeded from --config again.
+        eventually(
+            Duration::from_secs(10),
+            "the store to be seeded again",
+            || async {
+                let history = node.store.history();
+                history.len() == 1 && history[0].info.mode == "INITIAL" && history[0].active
+            },
+        )
+        .await;
+        assert_eq!(node.active_yaml().await, BASE);
+        assert!(dir.path().join("config/current.yaml").exists());
+        // And it works as before.
+        node.apply(&with_hostname("n3"), Mode::NoReboot, false, None)
+            .await
+            .expect("apply after reset");
         node.stop().await;
     })
     .await;

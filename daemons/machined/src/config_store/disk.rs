@@ -11,7 +11,7 @@
 //!     00000017.yaml          an EntryFile: one version (metadata + the config YAML)
 //! ```
 //!
-//! Files hold the join token and the CA key, hence the modes.
+//! Files hold the join token and the CA key, hence the modes; the records have no `Debug`.
 
 use std::fs;
 use std::io;
@@ -57,7 +57,7 @@ impl Paths {
 }
 
 /// One history entry on disk.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EntryFile {
     pub(super) version: u64,
@@ -73,7 +73,7 @@ pub(super) struct EntryFile {
 }
 
 /// `staged.yaml`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StagedRecord {
     pub(super) version: u64,
@@ -85,7 +85,7 @@ pub(super) struct StagedRecord {
 ///
 /// It carries the YAML to restore itself, so a revert never depends on a history entry that
 /// pruning may have removed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TrialRecord {
     /// The version on trial.

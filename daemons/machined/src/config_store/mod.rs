@@ -102,8 +102,9 @@ impl ConfigStoreOptions {
     }
 }
 
-/// The active machine config, as [`ConfigStore::subscribe`] publishes it.
-#[derive(Clone, Debug)]
+/// The active machine config, as [`ConfigStore::subscribe`] publishes it. `Debug` leaves the
+/// YAML out (it holds the join token and the CA key).
+#[derive(Clone)]
 pub struct ActiveConfig {
     /// Its history version.
     pub version: u64,
@@ -113,6 +114,17 @@ pub struct ActiveConfig {
     pub config: MachineConfig,
     /// The YAML exactly as applied (holds secrets: never log it).
     pub yaml: Arc<str>,
+}
+
+impl fmt::Debug for ActiveConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActiveConfig")
+            .field("version", &self.version)
+            .field("sha256", &self.sha256)
+            .field("config", &self.config)
+            .field("yaml", &format_args!("<{} bytes>", self.yaml.len()))
+            .finish()
+    }
 }
 
 /// One stored version, without its YAML.
@@ -282,7 +294,7 @@ struct Shared {
     trial: watch::Sender<Option<TrialInfo>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct State {
     entries: BTreeMap<u64, VersionInfo>,
     active: Arc<ActiveConfig>,
@@ -291,15 +303,15 @@ struct State {
 }
 
 /// A TRY trial with what its revert restores.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Trial {
     info: TrialInfo,
     revert_sha256: String,
     revert_yaml: Arc<str>,
 }
 
-/// One change, as [`ConfigStore::commit`] performs it.
-#[derive(Clone, Debug)]
+/// One change, as [`ConfigStore::commit`] performs it (no `Debug`: the YAML holds secrets).
+#[derive(Clone)]
 pub(crate) struct Commit {
     pub(crate) yaml: Arc<str>,
     pub(crate) config: MachineConfig,

@@ -186,7 +186,6 @@ impl Lifecycle {
     }
 
     /// Registers a hook for every boot after a container-mode reboot (see [`BootHook`]).
-    #[allow(dead_code)] // The seam for STAGED config applies; used once they land.
     pub(crate) fn on_boot(&self, name: impl Into<String>, hook: BootHook) {
         lock(&self.inner.boot_hooks).push((name.into(), hook));
     }

@@ -58,7 +58,8 @@ const APPLIED_STAGED: &str = "Staged configuration to be applied after a reboot"
 /// The config API: the ApplyConfiguration handler and `basalt.v1.ConfigService`.
 #[derive(Clone, Debug)]
 pub(crate) struct ConfigApi {
-    store: ConfigStore,
+    /// `None` (machined without a state directory) answers every call FailedPrecondition.
+    store: Option<ConfigStore>,
     events: EventBus,
     /// Reboots for AUTO applies that need one; `None` stages them instead.
     lifecycle: Option<Lifecycle>,
@@ -104,12 +105,20 @@ struct Outcome {
 }
 
 impl ConfigApi {
-    pub(crate) fn new(store: ConfigStore, events: EventBus, lifecycle: Option<Lifecycle>) -> Self {
+    pub(crate) fn new(
+        store: Option<ConfigStore>,
+        events: EventBus,
+        lifecycle: Option<Lifecycle>,
+    ) -> Self {
         ConfigApi {
             store,
             events,
             lifecycle,
         }
+    }
+
+    fn store(&self) -> Result<&ConfigStore, Error> {
+        self.store.as_ref().ok_or(Error::NoConfigStore)
     }
 
     /// `ApplyConfiguration`.
@@ -119,6 +128,7 @@ impl ConfigApi {
     ) -> Result<machine::ApplyConfiguration, Error> {
         let (roles, caller) = identity(&request);
         require_admin(&roles, "apply a machine configuration")?;
+        self.store()?;
         let machine::ApplyConfigurationRequest {
             data,
             mode,
@@ -186,9 +196,9 @@ impl ConfigApi {
         let guard = if dry_run {
             None
         } else {
-            Some(self.store.try_lock().ok_or(Error::ApplyInProgress)?)
+            Some(self.store()?.try_lock().ok_or(Error::ApplyInProgress)?)
         };
-        let current = self.store.current();
+        let current = self.store()?.current();
         let change = Change::between(&current.config, &config);
         let can_reboot = self.lifecycle.is_some();
         let plan = plan(requested, &change, origin, can_reboot)?;
@@ -212,13 +222,13 @@ impl ConfigApi {
         };
 
         let identical = *current.yaml == *yaml;
-        let trial = self.store.trial();
-        let staged = self.store.staged();
+        let trial = self.store()?.trial();
+        let staged = self.store()?.staged();
         if identical && plan.action != Action::Stage {
             // Applying the active YAML again: confirms a trial (non-TRY modes), else a no-op.
             if let (Some(trial), false) = (&trial, matches!(plan.action, Action::Try(_))) {
                 let version = self
-                    .store
+                    .store()?
                     .confirm(&guard)
                     .await
                     .map_err(|source| Error::ConfigStore { source })?;
@@ -259,7 +269,7 @@ impl ConfigApi {
         };
         self.task("applyConfiguration", machine::task_event::Action::Start);
         let committed = self
-            .store
+            .store()?
             .commit(
                 &guard,
                 Commit {
@@ -286,7 +296,7 @@ impl ConfigApi {
 
         let mut details = plan.details;
         if let Some(deadline) = deadline {
-            let trial = self.store.trial();
+            let trial = self.store()?.trial();
             details = format!(
                 "{details}; it is reverted to version {} at {} unless confirmed (apply it again \
                  with mode no-reboot or auto, or call ConfigService/Confirm)",
@@ -417,7 +427,7 @@ impl ConfigService for ConfigApi {
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
         let limit = request.into_inner().limit as usize;
-        let mut entries = self.store.history();
+        let mut entries = self.store()?.history();
         if limit > 0 {
             entries.truncate(limit);
         }
@@ -437,7 +447,7 @@ impl ConfigService for ConfigApi {
         require_admin(&roles, "roll the machine configuration back")?;
         let version = request.into_inner().version;
         let (_, yaml) = self
-            .store
+            .store()?
             .read_version(Some(version))
             .await
             .map_err(store_error)?;
@@ -473,8 +483,8 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<ConfirmResponse>, Status> {
         let (roles, _) = identity(&request);
         require_admin(&roles, "confirm a machine configuration")?;
-        let guard = self.store.try_lock().ok_or(Error::ApplyInProgress)?;
-        let version = self.store.confirm(&guard).await.map_err(store_error)?;
+        let guard = self.store()?.try_lock().ok_or(Error::ApplyInProgress)?;
+        let version = self.store()?.confirm(&guard).await.map_err(store_error)?;
         let Some(version) = version else {
             return Err(Error::ApplyRefused {
                 reason: "no configuration is waiting for confirmation (none was applied in TRY \
@@ -496,7 +506,7 @@ impl ConfigService for ConfigApi {
         require_admin(&roles, "read the machine configuration")?;
         let version = request.into_inner().version;
         let (version, yaml) = self
-            .store
+            .store()?
             .read_version((version != 0).then_some(version))
             .await
             .map_err(store_error)?;

@@ -93,7 +93,8 @@ pub(crate) struct MachineApi {
     /// Reboot, Shutdown, Reset, Events and the boot id; `None` answers them Unimplemented.
     lifecycle: Option<Lifecycle>,
     client_configs: ClientConfigs,
-    /// ApplyConfiguration on the config store; `None` answers FailedPrecondition.
+    /// ApplyConfiguration on the config store (which answers FailedPrecondition when machined
+    /// has none); `None` only before [`MachineApi::with_config`].
     config: Option<ConfigApi>,
 }
 
