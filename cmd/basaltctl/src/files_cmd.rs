@@ -29,7 +29,7 @@ use time::format_description::well_known::Rfc3339;
 use tonic::{Response, Status, Streaming};
 
 use crate::Globals;
-use crate::connect::{TargetArgs, connect, runtime};
+use crate::connect::{TargetArgs, connect, connect_with_timeout, runtime};
 use crate::node_cmd::NodeArgs;
 use crate::output::{self, Render};
 
@@ -692,7 +692,12 @@ impl Read for ChannelReader {
 // === dmesg ===
 
 async fn dmesg(globals: &Globals, args: DmesgArgs) -> anyhow::Result<()> {
-    let client = connect(globals, &args.target).await?;
+    // A followed stream runs until the user stops it: no per-call deadline then.
+    let client = if args.follow {
+        connect_with_timeout(globals, &args.target, None).await?
+    } else {
+        connect(globals, &args.target).await?
+    };
     let request = DmesgRequest {
         follow: args.follow,
         tail: args.tail,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tonic::Code;
 
 use crate::Globals;
-use crate::connect::{TargetArgs, connect, runtime};
+use crate::connect::{TargetArgs, connect, connect_with_timeout, runtime};
 use crate::node_cmd::{
     NodeArgs, NodeReply, NodeTable, Replies, WithMetadata, or_dash, replies, show,
 };
@@ -147,7 +147,12 @@ async fn service(globals: &Globals, args: ServiceArgs) -> anyhow::Result<()> {
 
 /// Streams the service's output from every target node to stdout.
 async fn logs(globals: &Globals, args: LogsArgs) -> anyhow::Result<()> {
-    let client = connect(globals, &args.target).await?;
+    // A followed stream runs until the user stops it: no per-call deadline then.
+    let client = if args.follow {
+        connect_with_timeout(globals, &args.target, None).await?
+    } else {
+        connect(globals, &args.target).await?
+    };
     let request = LogsRequest {
         namespace: "system".to_owned(),
         id: args.id.clone(),
