@@ -284,6 +284,10 @@ impl ConfigApi {
             .await;
         self.task("applyConfiguration", machine::task_event::Action::Stop);
         let version = committed.map_err(|source| Error::ConfigStore { source })?;
+        // TODO(issue-4): a live change of `machine.certSANs` or `machine.hostname` should
+        // reissue apid's server certificate at once; `server::renew_apid_cert` still signs with
+        // the config machined started with. The hook belongs where apid's files are managed,
+        // following `ConfigStore::subscribe`.
         // The reboot sequence takes the lock itself to activate the staged config.
         drop(guard);
         tracing::info!(
