@@ -146,7 +146,8 @@ async fn every_declared_method_is_served_or_answers_unimplemented_by_name() {
         ];
         for method in METHODS.iter().filter(|m| {
             (m.path.starts_with("/machine.MachineService/")
-                || m.path.starts_with("/basalt.v1.DiagnosticsService/"))
+                || m.path.starts_with("/basalt.v1.DiagnosticsService/")
+                || m.path.starts_with("/basalt.v1.ConfigService/"))
                 && !lifecycle.contains(&m.path)
         }) {
             grpc.ready().await.expect("channel ready");
