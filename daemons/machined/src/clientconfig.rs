@@ -6,6 +6,9 @@
 //! - `roles` are read with Talos's `role.Parse` rules ([`RoleSet::parse`]): trimmed, empty
 //!   values skipped, **unknown roles kept** (the client decides whether to refuse them, as
 //!   talosctl does). No role at all is InvalidArgument.
+//! - `os:impersonator` is refused (InvalidArgument): it lets its holder assert any roles through
+//!   `talos-role`, so it belongs only to apid's own node certificate. Talos mints it on request;
+//!   basalt does not, so a stolen admin certificate cannot mint an all-powerful replacement.
 //! - `crt_ttl` must be positive: InvalidArgument "crt_ttl should be positive" otherwise.
 //! - The certificate: O = one value per role, no CN, EKU clientAuth only, signed by the issuing
 //!   CA ([`CertificateAuthority::issue_client`]).
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_api::machine;
-use basalt_authz::RoleSet;
+use basalt_authz::{Role, RoleSet};
 use basalt_config::client::{ClientConfig, Context};
 use basalt_config::{Base64Pem, MachineConfig, MachineType};
 use basalt_pki::{CertificateAuthority, ClientCertRequest};
@@ -76,6 +79,12 @@ impl ClientConfigs {
         if roles.is_empty() {
             return Err(Error::InvalidArgument {
                 reason: "roles should not be empty".to_owned(),
+            });
+        }
+        if roles.contains(&Role::Impersonator) {
+            return Err(Error::InvalidArgument {
+                reason: "os:impersonator is reserved for node certificates and cannot be requested"
+                    .to_owned(),
             });
         }
 
