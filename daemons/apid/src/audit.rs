@@ -158,7 +158,8 @@ impl AuditLog {
     fn send(&self, entry: Entry) {
         let inner = &*self.inner;
         // Reserve a place first, so the queue never holds more than QUEUE records.
-        let sent = inner.queued.fetch_add(1, Ordering::Relaxed) < QUEUE && inner.tx.send(entry).is_ok();
+        let sent =
+            inner.queued.fetch_add(1, Ordering::Relaxed) < QUEUE && inner.tx.send(entry).is_ok();
         if !sent {
             inner.queued.fetch_sub(1, Ordering::Relaxed);
             let dropped = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;

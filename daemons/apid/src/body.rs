@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use basalt_grpc::{FrameScanner, FrameTooLarge, MAX_MESSAGE_SIZE};
 use bytes::Bytes;
+use h2::RecvStream;
 use http::{HeaderMap, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use h2::RecvStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
@@ -251,9 +251,7 @@ impl HttpBody for ResponseBody {
                     // so rather than passing on the resulting reset.
                     let status = match this.request_too_large.as_ref().and_then(|r| r.get()) {
                         Some(too_large) => Error::RequestTooLarge(*too_large).into(),
-                        None => {
-                            Status::unavailable(format!("machined stream broke: {upstream}"))
-                        }
+                        None => Status::unavailable(format!("machined stream broke: {upstream}")),
                     };
                     this.end_with(status);
                     continue;

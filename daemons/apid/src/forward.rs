@@ -274,7 +274,11 @@ enum Step {
 }
 
 /// Moves the next frame of `source`, if it is here, to `sink`.
-fn step(source: &mut RequestBody, sink: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<Step> {
+fn step(
+    source: &mut RequestBody,
+    sink: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Step> {
     let result = match ready!(Pin::new(&mut *source).poll_frame(cx)) {
         Some(Ok(frame)) => match frame.into_data() {
             Ok(data) => {
@@ -295,7 +299,10 @@ fn step(source: &mut RequestBody, sink: &mut SendStream<Bytes>, cx: &mut Context
         // The client's stream failed (it went away, or sent an oversized message): machined
         // sees the call cancelled.
         Some(Err(err)) => {
-            debug!(error = &err as &dyn std::error::Error, "Request body failed");
+            debug!(
+                error = &err as &dyn std::error::Error,
+                "Request body failed"
+            );
             sink.send_reset(Reason::CANCEL);
             Ok(Step::Finished)
         }
@@ -304,7 +311,10 @@ fn step(source: &mut RequestBody, sink: &mut SendStream<Bytes>, cx: &mut Context
     Poll::Ready(result.unwrap_or_else(|err| {
         // The upstream stream is gone (reset by machined, or the connection broke); the
         // response side reports it.
-        debug!(error = &err as &dyn std::error::Error, "Request body not forwarded");
+        debug!(
+            error = &err as &dyn std::error::Error,
+            "Request body not forwarded"
+        );
         Step::Finished
     }))
 }
@@ -333,7 +343,8 @@ async fn pump(
                     Some(Err(_)) | None => return Poll::Ready(()),
                 }
             }
-            if let Poll::Ready(_) = sink.poll_reset(cx) {
+            // machined reset the stream (it answered early, or failed): stop reading the client.
+            if sink.poll_reset(cx).is_ready() {
                 return Poll::Ready(());
             }
             if let Step::Finished = ready!(step(&mut source, &mut sink, cx)) {

@@ -77,17 +77,17 @@ fn main() -> ExitCode {
         };
     }
 
-    // Talos caps apid at two OS threads; a proxy needs no more, and it keeps idle RSS small.
-    let rt = std::env::var("BASALT_APID_RT").unwrap_or_default();
-    let built = if rt == "current" {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(rt.parse().unwrap_or(2))
-            .enable_all()
-            .build()
-    };
-    let runtime = match built
+    // One thread serves everything (plus the audit writer's: two OS threads, Talos's cap for
+    // apid). A call through apid is a chain of small hand-offs between tasks (TLS connection,
+    // HTTP/2 stream, machined connection); on a multi-threaded runtime each hand-off can wake
+    // the other worker, and those wake-ups, not apid's work, were most of its per-call cost:
+    // 2 workers measured ~4 voluntary context switches and ~95 µs of CPU per call at
+    // concurrency 1, one thread ~2 and ~60 µs, with the same throughput at 16 and 64 calls
+    // in flight (docs/BENCHMARKS.md). The price is that TLS handshakes (~0.5 ms of CPU each)
+    // no longer run in parallel with calls.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
     {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -908,7 +908,11 @@ async fn generate_client_configuration_refuses_bad_requests_workers_and_non_admi
             .await
             .expect_err("impersonator");
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("os:impersonator"), "{}", err.message());
+        assert!(
+            err.message().contains("os:impersonator"),
+            "{}",
+            err.message()
+        );
         let err = generate(&mut client, &["os:admin"], OPERATOR, 60)
             .await
             .expect_err("operator");
