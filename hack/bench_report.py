@@ -162,8 +162,10 @@ def main():
     if os.path.exists(doc):
         with open(doc, encoding="utf-8") as f:
             text = f.read()
-        if NOTES_MARKER in text:
-            notes = text[text.index(NOTES_MARKER) + len(NOTES_MARKER):]
+        # The marker on a line of its own: the intro sentence above quotes it too.
+        at = text.find("\n" + NOTES_MARKER + "\n")
+        if at >= 0:
+            notes = text[at + 1 + len(NOTES_MARKER):]
     lines.append(NOTES_MARKER)
     with open(doc, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + (notes if notes else "\n"))

@@ -1,4 +1,4 @@
-//! Finding the binaries under test: `machined`, `apid` and `basaltctl` in the same
+//! Finding the binaries under test: `machined`, `apid`, `trustd` and `basaltctl` in the same
 //! `target/<profile>/` directory as the running test executable.
 //!
 //! A Cargo dependency only links a package's library; Cargo never builds a *dependency's*
@@ -24,10 +24,17 @@ pub enum Binary {
     Apid,
     /// `basaltctl` (package `basaltctl`).
     Basaltctl,
+    /// `trustd` (package `trustd`), which machined runs on control-plane nodes.
+    Trustd,
 }
 
 impl Binary {
-    const ALL: [Binary; 3] = [Binary::Machined, Binary::Apid, Binary::Basaltctl];
+    const ALL: [Binary; 4] = [
+        Binary::Machined,
+        Binary::Apid,
+        Binary::Basaltctl,
+        Binary::Trustd,
+    ];
 
     /// The executable's file name (also its package name).
     pub fn name(self) -> &'static str {
@@ -35,6 +42,7 @@ impl Binary {
             Binary::Machined => "machined",
             Binary::Apid => "apid",
             Binary::Basaltctl => "basaltctl",
+            Binary::Trustd => "trustd",
         }
     }
 
@@ -115,6 +123,6 @@ fn build(profile_dir: &Path, missing: &[Binary]) {
         .unwrap_or_else(|err| panic!("run {cmd:?} to build {names:?}: {err}"));
     assert!(
         status.success(),
-        "building {names:?} failed ({status}); run `cargo build -p machined -p apid -p basaltctl`"
+        "building {names:?} failed ({status}); run `cargo build -p machined -p apid -p basaltctl -p trustd`"
     );
 }

@@ -1,5 +1,7 @@
 //! One basalt node made of real processes: `machined`, which issues apid's certificate and runs
-//! `apid` as its supervised child, in a private temporary directory.
+//! `apid` (and, on a control plane, `trustd`) as its supervised children, in a private
+//! temporary directory. A worker ([`NodeBuilder::worker_of`]) shares a control plane's PKI and
+//! gets apid's certificate from that control plane's trustd.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -15,6 +17,7 @@ use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_config::fs::{Overwrite, write_atomic};
 use basalt_config::machine::{MACHINE_CONFIG_VERSION, RawCa, RawCluster, RawListener, RawMachine};
 use basalt_config::{Base64Pem, MachineConfig, MachineType, RawMachineConfig, generate_token};
+use basalt_pki::CertificateAuthority;
 use basalt_pki::KeyAlgorithm;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -41,6 +44,16 @@ pub struct NodeBuilder {
     allowed_uids: Vec<u32>,
     require_version_ok: bool,
     ca_algorithm: KeyAlgorithm,
+    join: Option<Join>,
+    wait: bool,
+}
+
+/// What a worker takes from its control plane.
+#[derive(Clone, Debug)]
+struct Join {
+    pki: Arc<TestPki>,
+    trustd_addr: SocketAddr,
+    token: String,
 }
 
 impl NodeBuilder {
@@ -60,6 +73,35 @@ impl NodeBuilder {
         self
     }
 
+    /// Makes the node a worker of `control_plane`: its config has the CA certificate without
+    /// the key, the control plane's join token, and `cluster.endpoints` = the control plane's
+    /// trustd. The node shares the control plane's [`TestPki`], so the same client
+    /// certificates work on both.
+    pub fn worker_of(mut self, control_plane: &Node) -> Self {
+        self.join = Some(Join {
+            pki: Arc::clone(&control_plane.pki),
+            trustd_addr: control_plane.trustd_addr,
+            token: control_plane.token.clone(),
+        });
+        self
+    }
+
+    /// A worker's join token instead of its control plane's (only with
+    /// [`NodeBuilder::worker_of`]).
+    pub fn token(mut self, token: &str) -> Self {
+        if let Some(join) = &mut self.join {
+            join.token = token.to_owned();
+        }
+        self
+    }
+
+    /// Returns from [`NodeBuilder::start`] as soon as machined is spawned, without waiting for
+    /// apid (e.g. a worker that is expected never to get its certificate).
+    pub fn no_wait(mut self) -> Self {
+        self.wait = false;
+        self
+    }
+
     /// Creates the directory and PKI, starts machined and waits until apid answers.
     pub async fn start(self) -> Node {
         Node::launch(self).await
@@ -69,8 +111,10 @@ impl NodeBuilder {
 /// A running node. Dropping it stops every process it started (SIGTERM, then SIGKILL).
 pub struct Node {
     child: Option<Child>,
-    pki: TestPki,
+    pki: Arc<TestPki>,
     apid_addr: SocketAddr,
+    trustd_addr: SocketAddr,
+    token: String,
     socket: PathBuf,
     state_dir: PathBuf,
     log_path: PathBuf,
@@ -101,12 +145,25 @@ impl Node {
             allowed_uids: Vec::new(),
             require_version_ok: true,
             ca_algorithm: KeyAlgorithm::Ed25519,
+            join: None,
+            wait: true,
         }
     }
 
     /// apid's listen address (loopback, a port chosen at start).
     pub fn apid_addr(&self) -> SocketAddr {
         self.apid_addr
+    }
+
+    /// trustd's listen address (loopback, a port chosen at start; only a control plane runs
+    /// trustd).
+    pub fn trustd_addr(&self) -> SocketAddr {
+        self.trustd_addr
+    }
+
+    /// The node's join token (`machine.token`).
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// machined's unix socket.
@@ -248,11 +305,28 @@ impl Node {
             .prefix("bs")
             .tempdir_in("/tmp")
             .expect("create a temporary directory in /tmp");
-        let pki = TestPki::generate(&dir.path().join("pki"), options.ca_algorithm);
+        let pki = match &options.join {
+            Some(join) => Arc::clone(&join.pki),
+            None => Arc::new(TestPki::generate(
+                &dir.path().join("pki"),
+                options.ca_algorithm,
+            )),
+        };
         let apid_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let trustd_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let token = match &options.join {
+            Some(join) => join.token.clone(),
+            None => generate_token().expect("generate a token").into_string(),
+        };
         let config_path = dir.path().join("machine.yaml");
-        write_machine_config(&config_path, &pki, apid_addr, trustd_addr);
+        let spec = ConfigSpec {
+            ca: pki.ca(),
+            apid_addr,
+            trustd_addr,
+            token: &token,
+            control_plane_trustd: options.join.as_ref().map(|join| join.trustd_addr),
+        };
+        write_machine_config(&config_path, &spec);
 
         let state_dir = dir.path().join("state");
         let socket = dir.path().join("run").join("machined.sock");
@@ -267,7 +341,9 @@ impl Node {
             .arg("--socket")
             .arg(&socket)
             .arg("--apid-bin")
-            .arg(Binary::Apid.path());
+            .arg(Binary::Apid.path())
+            .arg("--trustd-bin")
+            .arg(Binary::Trustd.path());
         for uid in &options.allowed_uids {
             cmd.arg("--allow-uid").arg(uid.to_string());
         }
@@ -284,12 +360,16 @@ impl Node {
             child: Some(child),
             pki,
             apid_addr,
+            trustd_addr,
+            token,
             socket,
             state_dir,
             log_path,
             dir,
         };
-        node.wait_ready(options.require_version_ok).await;
+        if options.wait {
+            node.wait_ready(options.require_version_ok).await;
+        }
         node
     }
 
@@ -385,34 +465,49 @@ fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
-/// A control-plane machine config for `pki`'s CA with apid (and trustd) on the given loopback
-/// addresses, validated with basalt-config before it is written.
-fn write_machine_config(
-    path: &Path,
-    pki: &TestPki,
+/// What goes into a node's machine config.
+struct ConfigSpec<'a> {
+    ca: &'a CertificateAuthority,
     apid_addr: SocketAddr,
     trustd_addr: SocketAddr,
-) {
+    token: &'a str,
+    /// `Some`: a worker of the control plane whose trustd listens there.
+    control_plane_trustd: Option<SocketAddr>,
+}
+
+/// A machine config for `spec.ca` with apid (and trustd) on the given loopback addresses: a
+/// control plane with the CA key, or a worker without it whose `cluster.endpoints` is its
+/// control plane's trustd. Validated with basalt-config before it is written.
+fn write_machine_config(path: &Path, spec: &ConfigSpec<'_>) {
+    let worker = spec.control_plane_trustd.is_some();
+    let kind = if worker {
+        MachineType::Worker
+    } else {
+        MachineType::ControlPlane
+    };
+    let endpoint = spec
+        .control_plane_trustd
+        .map_or_else(|| "127.0.0.1".to_owned(), |addr| addr.to_string());
     let raw = RawMachineConfig {
         version: Some(MACHINE_CONFIG_VERSION.to_owned()),
         machine: RawMachine {
-            kind: Some(MachineType::ControlPlane.as_str().to_owned()),
-            token: Some(generate_token().expect("generate a token").into_string()),
+            kind: Some(kind.as_str().to_owned()),
+            token: Some(spec.token.to_owned()),
             ca: Some(RawCa {
-                crt: Some(Base64Pem::from_pem(pki.ca().cert_pem())),
-                key: Some(Base64Pem::from_pem(pki.ca().key_pem())),
+                crt: Some(Base64Pem::from_pem(spec.ca.cert_pem())),
+                key: (!worker).then(|| Base64Pem::from_pem(spec.ca.key_pem())),
             }),
             apid: Some(RawListener {
-                listen: Some(apid_addr.to_string()),
+                listen: Some(spec.apid_addr.to_string()),
             }),
             trustd: Some(RawListener {
-                listen: Some(trustd_addr.to_string()),
+                listen: Some(spec.trustd_addr.to_string()),
             }),
             ..RawMachine::default()
         },
         cluster: RawCluster {
             name: Some("e2e".to_owned()),
-            endpoints: vec!["127.0.0.1".to_owned()],
+            endpoints: vec![endpoint],
         },
     };
     let config = MachineConfig::try_from(raw).expect("the harness builds a valid machine config");

@@ -149,6 +149,67 @@ fn cluster_create_serves_admin_and_reader_then_destroy_leaves_nothing() {
     assert!(!after.contexts.contains_key("e2e"));
 }
 
+#[test]
+fn cluster_create_with_a_worker_shows_both_and_destroy_stops_both() {
+    let basaltctl_bin = binaries();
+    let tmp = tempfile::Builder::new()
+        .prefix("bs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let state = dir.join("state");
+    let config = dir.join("config");
+    let listen = free_loopback_addr();
+    let _guard = KillOnDrop(state.clone());
+    let ctl = |args: &[&str]| basaltctl(&basaltctl_bin, dir, &config, args);
+    let state_arg = state.to_str().unwrap();
+
+    // create waits until the worker's own apid answers Version with the admin certificate,
+    // which needs the certificate its machined got from the control plane's trustd.
+    let out = ctl(&[
+        "cluster",
+        "create",
+        "--name",
+        "e2ew",
+        "--state",
+        state_arg,
+        "--listen",
+        &listen.to_string(),
+        "--workers",
+        "1",
+    ]);
+    assert_success(&out, "cluster create --workers 1");
+
+    // The merged context points at the control plane only.
+    let merged = ClientConfig::load(&config).unwrap();
+    assert_eq!(merged.contexts["e2ew"].endpoints, [listen.to_string()]);
+
+    let out = ctl(&[
+        "cluster", "show", "--name", "e2ew", "--state", state_arg, "-o", "json",
+    ]);
+    assert_success(&out, "cluster show");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let nodes = shown["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{shown}");
+    assert_eq!(nodes[0]["role"], "controlplane");
+    assert_eq!(nodes[0]["address"], listen.to_string());
+    assert_eq!(nodes[1]["role"], "worker");
+    for node in nodes {
+        assert_eq!(node["state"], "running", "{shown}");
+    }
+    let worker_pid = u32::try_from(nodes[1]["pid"].as_u64().unwrap()).unwrap();
+    let journal =
+        std::fs::read_to_string(state.join("machined").join("trustd").join("issued.jsonl"))
+            .unwrap();
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+
+    let out = ctl(&["cluster", "destroy", "--name", "e2ew", "--state", state_arg]);
+    assert_success(&out, "cluster destroy");
+    assert!(!basalt_sys::is_running(worker_pid));
+    assert!(!state.exists());
+    assert_eq!(processes_mentioning(&state), Vec::<u32>::new());
+}
+
 /// Calls Reboot as the reader of `config` and returns the refusal.
 fn reader_reboot(config: &Path) -> tonic::Status {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -180,7 +241,7 @@ fn reader_reboot(config: &Path) -> tonic::Status {
 /// Makes sure all three binaries exist side by side; returns basaltctl's path.
 fn binaries() -> PathBuf {
     let basaltctl = Binary::Basaltctl.path();
-    for daemon in [Binary::Machined, Binary::Apid] {
+    for daemon in [Binary::Machined, Binary::Apid, Binary::Trustd] {
         assert_eq!(daemon.path().parent(), basaltctl.parent());
     }
     basaltctl
@@ -261,11 +322,18 @@ struct KillOnDrop(PathBuf);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(self.0.join("machined.pid"))
-            && let Ok(pid) = text.trim().parse::<u32>()
-            && basalt_sys::is_running(pid)
-        {
-            let _ = basalt_sys::kill_process_group(pid);
+        let workers = std::fs::read_dir(self.0.join("workers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path());
+        for dir in std::iter::once(self.0.clone()).chain(workers) {
+            if let Ok(text) = std::fs::read_to_string(dir.join("machined.pid"))
+                && let Ok(pid) = text.trim().parse::<u32>()
+                && basalt_sys::is_running(pid)
+            {
+                let _ = basalt_sys::kill_process_group(pid);
+            }
         }
     }
 }

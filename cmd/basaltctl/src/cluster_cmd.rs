@@ -1,10 +1,15 @@
-//! `basaltctl cluster create|destroy`: a one-node cluster on this machine, for trying basalt.
+//! `basaltctl cluster create|show|destroy`: a local cluster on this machine, for trying basalt.
 //!
 //! `create` generates secrets, a control-plane machine config and an admin client config into
 //! a state directory, starts `machined` detached (its own process group, output to
-//! `machined.log`, pid in `machined.pid`; machined in turn runs apid), waits until `Version`
-//! answers through apid with the admin certificate, and merges a context named after the
-//! cluster into the client config. `destroy` undoes all of it.
+//! `machined.log`, pid in `machined.pid`; machined in turn runs apid and trustd), waits until
+//! `Version` answers through apid with the admin certificate, and merges a context named after
+//! the cluster into the client config (its endpoints: the control plane only). With
+//! `--workers N` it then starts N workers, each with its own state directory and apid on its
+//! own loopback address (127.0.0.11, .12, … port 50000); a worker's machined gets apid's
+//! certificate from the control plane's trustd, and `create` waits until each worker's apid
+//! answers `Version` directly. `show` lists the nodes; `destroy` stops them all and undoes
+//! everything.
 //!
 //! State directory layout (default `~/.basalt/clusters/<name>`):
 //!
@@ -15,6 +20,7 @@
 //! | `basaltconfig` | the admin client config, also merged into the user's (0600) |
 //! | `machined.pid` / `machined.log` | the detached machined |
 //! | `machined/` | machined's own state (apid's certificate and config, its socket) |
+//! | `workers/worker-<i>/` | worker i: `worker.yaml`, `machined.pid`, `machined.log`, `machined/` |
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
@@ -27,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use basalt_authz::{Role, RoleSet};
-use basalt_client::{Client, ConnectOptions, Target};
+use basalt_client::{Client, ConnectOptions, Target, parse_endpoints};
 use basalt_config::fs::{Overwrite, ensure_private_dir, write_atomic};
 use basalt_config::machine::RawListener;
 use basalt_config::{
@@ -35,8 +41,10 @@ use basalt_config::{
 };
 use basalt_pki::KeyAlgorithm;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 use crate::gen_cmd::{client_config, default_context_name, new_bundle, write_private};
+use crate::output::{self, OutputArgs, Render};
 use crate::{Globals, duration};
 
 /// Where apid listens unless `--listen` says otherwise.
@@ -56,11 +64,21 @@ const CLIENT_CONFIG_FILE: &str = "basaltconfig";
 const PID_FILE: &str = "machined.pid";
 const LOG_FILE: &str = "machined.log";
 const MACHINED_STATE_DIR: &str = "machined";
+const WORKERS_DIR: &str = "workers";
+const WORKER_CONFIG_FILE: &str = "worker.yaml";
+/// apid's port on every worker (each worker has its own loopback address).
+const WORKER_APID_PORT: u16 = 50000;
+/// Worker i (from 0) listens on 127.0.0.(FIRST_WORKER_OCTET + i).
+const FIRST_WORKER_OCTET: u8 = 11;
+/// Most workers `--workers` accepts (127.0.0.11 … 127.0.0.110).
+const MAX_WORKERS: u8 = 100;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
-    /// Start a one-node cluster on this machine and add a context for it.
+    /// Start a local cluster (one control plane, `--workers N` workers) and add a context for it.
     Create(CreateArgs),
+    /// List a local cluster's nodes: name, role, address and whether machined runs.
+    Show(ShowArgs),
     /// Stop a local cluster, remove its state and its context.
     Destroy(DestroyArgs),
 }
@@ -80,9 +98,25 @@ pub(crate) struct CreateArgs {
     /// The machined executable [default: machined next to basaltctl].
     #[arg(long, value_name = "PATH")]
     machined_bin: Option<PathBuf>,
-    /// How long to wait for the node to answer (e.g. 30s, 2m).
+    /// How long to wait for each node to answer (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = duration::parse)]
     wait: Duration,
+    /// Worker nodes to start besides the control plane; worker i listens on 127.0.0.(10+i)
+    /// port 50000 and joins through the control plane's trustd.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_WORKERS)))]
+    workers: u8,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// Cluster name.
+    #[arg(long, default_value = "dev")]
+    name: String,
+    /// State directory [default: ~/.basalt/clusters/<name>].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +132,7 @@ pub(crate) struct DestroyArgs {
 pub(crate) fn run(cmd: ClusterCommand, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Create(args) => create(&args, globals),
+        ClusterCommand::Show(args) => show(&args, globals),
         ClusterCommand::Destroy(args) => destroy(&args, globals),
     }
 }
@@ -140,7 +175,7 @@ fn create(args: &CreateArgs, globals: &Globals) -> anyhow::Result<()> {
         true,
     )?;
 
-    let mut child = start_machined(&machined, &state)?;
+    let mut child = start_machined(&machined, &state, MACHINE_CONFIG_FILE)?;
     let pid = child.id();
     eprintln!(
         "started machined (pid {pid}), waiting up to {}s for apid on {listen}",
@@ -170,9 +205,116 @@ fn create(args: &CreateArgs, globals: &Globals) -> anyhow::Result<()> {
         }
     };
 
+    let workers = match start_workers(args, &machined, &state, &bundle, &machine, &target) {
+        Ok(workers) => workers,
+        Err(err) => {
+            if let Err(stop_err) = stop(pid) {
+                eprintln!("warning: {stop_err:#}");
+            }
+            let _ = child.wait();
+            let _ = std::fs::remove_file(state.join(PID_FILE));
+            return Err(err.context(format!(
+                "cluster {:?} did not come up; its state is kept in {} (remove it with \
+                 basaltctl cluster destroy{})",
+                args.name,
+                state.display(),
+                name_flags(&args.name, args.state.as_deref())
+            )));
+        }
+    };
+
     let replaced = merge_context(globals, &args.name, client)?;
-    print_next_steps(args, globals, &state, listen, pid, &tag, replaced);
+    print_next_steps(
+        args,
+        globals,
+        &state,
+        (listen, pid),
+        &tag,
+        replaced,
+        &workers,
+    );
     Ok(())
+}
+
+/// Starts `args.workers` workers one after the other, each waited for until its apid answers
+/// Version (directly at its address, with the admin certificate). On a failure every worker
+/// started so far is stopped again. Returns (name, apid address, machined pid) per worker.
+fn start_workers(
+    args: &CreateArgs,
+    machined: &Path,
+    state: &Path,
+    bundle: &SecretsBundle,
+    control_plane: &MachineConfig,
+    admin: &Target,
+) -> anyhow::Result<Vec<(String, SocketAddr, u32)>> {
+    let mut started: Vec<(String, SocketAddr, u32)> = Vec::new();
+    let result = (|| {
+        for index in 0..args.workers {
+            let name = format!("worker-{}", u32::from(index) + 1);
+            let dir = state.join(WORKERS_DIR).join(&name);
+            ensure_private_dir(&dir)?;
+            let requested = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, FIRST_WORKER_OCTET + index)),
+                WORKER_APID_PORT,
+            );
+            let listen = choose_listen(requested)?;
+            let machine = worker_config(bundle, &args.name, control_plane, listen)?;
+            write_private(
+                &dir.join(WORKER_CONFIG_FILE),
+                machine.to_yaml()?.as_bytes(),
+                true,
+            )?;
+            let mut child = start_machined(machined, &dir, WORKER_CONFIG_FILE)?;
+            let pid = child.id();
+            started.push((name.clone(), listen, pid));
+            eprintln!(
+                "started {name} (machined pid {pid}), waiting up to {}s for its apid on {listen}",
+                args.wait.as_secs()
+            );
+            let endpoints =
+                parse_endpoints(&[listen.to_string()]).context("the worker's apid address")?;
+            let target = admin
+                .clone()
+                .with_endpoints(endpoints)
+                .context("a target for the worker")?;
+            let ready =
+                crate::connect::runtime()?.block_on(wait_ready(&mut child, &target, args.wait));
+            if let Err(err) = ready {
+                print_log_tail(&dir.join(LOG_FILE));
+                return Err(err.context(format!("{name} did not come up")));
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(started),
+        Err(err) => {
+            for (name, _, pid) in &started {
+                if let Err(stop_err) = stop(*pid) {
+                    eprintln!("warning: stop {name}: {stop_err:#}");
+                }
+                let _ = std::fs::remove_file(state.join(WORKERS_DIR).join(name).join(PID_FILE));
+            }
+            Err(err)
+        }
+    }
+}
+
+/// A worker's machine config: same secrets (the CA without its key, the join token), apid on
+/// `listen`, and `cluster.endpoints` = the control plane's trustd.
+fn worker_config(
+    bundle: &SecretsBundle,
+    name: &str,
+    control_plane: &MachineConfig,
+    listen: SocketAddr,
+) -> anyhow::Result<MachineConfig> {
+    let trustd = control_plane.trustd_listen();
+    let mut raw =
+        RawMachineConfig::generate(bundle, name, &trustd.to_string(), MachineType::Worker);
+    raw.machine.apid = Some(RawListener {
+        listen: Some(listen.to_string()),
+    });
+    MachineConfig::try_from(raw).context("build the worker machine config")
 }
 
 /// The cluster name becomes a directory name and a context name: keep it to `[a-z0-9-]`
@@ -220,6 +362,18 @@ fn prepare_state_dir(state: &Path, name: &str) -> anyhow::Result<()> {
              first with basaltctl cluster destroy",
             state.display()
         );
+    }
+    for dir in worker_dirs(state) {
+        if let Some(pid) = read_pid(&dir)?
+            && basalt_sys::is_running(pid)
+            && is_our_machined(pid, &dir)
+        {
+            bail!(
+                "a worker of cluster {name:?} is still running (machined pid {pid}, state {}); \
+                 destroy the cluster first with basaltctl cluster destroy",
+                dir.display()
+            );
+        }
     }
     if !looks_like_state_dir(state)? {
         bail!(
@@ -292,7 +446,8 @@ fn is_free(addr: SocketAddr) -> bool {
 
 /// The control-plane machine config: apid on `listen`, which is also the cluster endpoint
 /// (machined puts the listen address and the endpoints into apid's certificate SANs); trustd
-/// on the same address, so nothing listens on every interface.
+/// on the same address, so nothing listens on every interface (port 50001, or a free one when
+/// that is taken; the workers' configs point at whichever it is).
 fn machine_config(
     bundle: &SecretsBundle,
     name: &str,
@@ -305,18 +460,27 @@ fn machine_config(
     } else {
         TRUSTD_PORT
     };
+    let mut trustd = SocketAddr::new(listen.ip(), trustd_port);
+    // Another cluster's trustd may hold the port on this address: workers must reach ours.
+    if !is_free(trustd)
+        && let Ok(free) = TcpListener::bind(SocketAddr::new(listen.ip(), 0))
+            .and_then(|listener| listener.local_addr())
+        && free != listen
+    {
+        trustd = free;
+    }
     raw.machine.apid = Some(RawListener {
         listen: Some(listen.to_string()),
     });
     raw.machine.trustd = Some(RawListener {
-        listen: Some(SocketAddr::new(listen.ip(), trustd_port).to_string()),
+        listen: Some(trustd.to_string()),
     });
     MachineConfig::try_from(raw).context("build the machine config")
 }
 
 /// Starts machined detached: its own process group (so a terminal's Ctrl-C does not reach it
 /// and `destroy` can stop it together with apid), output appended to machined.log.
-fn start_machined(machined: &Path, state: &Path) -> anyhow::Result<Child> {
+fn start_machined(machined: &Path, state: &Path, config_file: &str) -> anyhow::Result<Child> {
     let log_path = state.join(LOG_FILE);
     let log = File::options()
         .create(true)
@@ -325,7 +489,7 @@ fn start_machined(machined: &Path, state: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("open {}", log_path.display()))?;
     let child = Command::new(machined)
         .arg("--config")
-        .arg(state.join(MACHINE_CONFIG_FILE))
+        .arg(state.join(config_file))
         .arg("--state")
         .arg(state.join(MACHINED_STATE_DIR))
         .stdin(Stdio::null())
@@ -424,10 +588,10 @@ fn print_next_steps(
     args: &CreateArgs,
     globals: &Globals,
     state: &Path,
-    listen: SocketAddr,
-    pid: u32,
+    (listen, pid): (SocketAddr, u32),
     tag: &str,
     replaced: bool,
+    workers: &[(String, SocketAddr, u32)],
 ) {
     let config_flag = if globals.config_is_default {
         String::new()
@@ -440,6 +604,9 @@ fn print_next_steps(
         "  machined pid {pid}, log {}",
         state.join(LOG_FILE).display()
     );
+    for (name, addr, pid) in workers {
+        println!("  {name}: apid on {addr}, machined pid {pid} (certificate from trustd)");
+    }
     println!(
         "  context {:?} {} in {} and made current",
         args.name,
@@ -479,6 +646,9 @@ fn destroy(args: &DestroyArgs, globals: &Globals) -> anyhow::Result<()> {
     let mut endpoint = None;
     let existed = state.exists();
     if existed {
+        for dir in worker_dirs(&state) {
+            stop_node(&dir, "worker")?;
+        }
         if let Some(pid) = read_pid(&state)? {
             if !basalt_sys::is_running(pid) {
                 eprintln!("machined (pid {pid}) is not running");
@@ -542,6 +712,121 @@ fn remove_context(globals: &Globals, name: &str, endpoint: Option<&str>) -> anyh
         .with_context(|| format!("save client config {}", path.display()))?;
     eprintln!("removed context {name:?} from {}", path.display());
     Ok(true)
+}
+
+/// Stops the machined of the node in `dir` if it runs (and is really that node's).
+fn stop_node(dir: &Path, role: &str) -> anyhow::Result<()> {
+    if let Some(pid) = read_pid(dir)?
+        && basalt_sys::is_running(pid)
+        && is_our_machined(pid, dir)
+    {
+        stop(pid)?;
+        eprintln!("stopped {role} machined (pid {pid}) of {}", dir.display());
+    }
+    Ok(())
+}
+
+/// The workers' directories (`workers/worker-<i>`), in order.
+fn worker_dirs(state: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state.join(WORKERS_DIR)) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<(u32, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let index = name.to_str()?.strip_prefix("worker-")?.parse().ok()?;
+            Some((index, entry.path()))
+        })
+        .collect();
+    dirs.sort();
+    dirs.into_iter().map(|(_, dir)| dir).collect()
+}
+
+// === show ===
+
+/// One node of a local cluster, as `cluster show` prints it.
+#[derive(Debug, Serialize)]
+struct NodeRow {
+    name: String,
+    role: &'static str,
+    address: String,
+    state: &'static str,
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeRows {
+    cluster: String,
+    nodes: Vec<NodeRow>,
+}
+
+impl Render for NodeRows {
+    fn headers(&self) -> Vec<&'static str> {
+        vec!["NAME", "ROLE", "ADDRESS", "STATE", "PID"]
+    }
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                vec![
+                    node.name.clone(),
+                    node.role.to_owned(),
+                    node.address.clone(),
+                    node.state.to_owned(),
+                    node.pid.map(|pid| pid.to_string()).unwrap_or_default(),
+                ]
+            })
+            .collect()
+    }
+}
+
+fn node_row(dir: &Path, name: String, role: &'static str, config_file: &str) -> NodeRow {
+    let address = MachineConfig::load(&dir.join(config_file))
+        .map(|machine| machine.apid_listen().to_string())
+        .unwrap_or_default();
+    let pid = read_pid(dir).ok().flatten();
+    let running = pid.is_some_and(|pid| basalt_sys::is_running(pid) && is_our_machined(pid, dir));
+    NodeRow {
+        name,
+        role,
+        address,
+        state: if running { "running" } else { "stopped" },
+        pid: pid.filter(|_| running),
+    }
+}
+
+fn show(args: &ShowArgs, globals: &Globals) -> anyhow::Result<()> {
+    check_name(&args.name)?;
+    let state = state_dir(args.state.as_deref(), &args.name, globals)?;
+    if !state.join(MACHINE_CONFIG_FILE).is_file() {
+        bail!(
+            "no cluster {:?}: {} holds no {MACHINE_CONFIG_FILE}",
+            args.name,
+            state.display()
+        );
+    }
+    let mut nodes = vec![node_row(
+        &state,
+        "controlplane-1".to_owned(),
+        "controlplane",
+        MACHINE_CONFIG_FILE,
+    )];
+    for dir in worker_dirs(&state) {
+        let name = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        nodes.push(node_row(&dir, name, "worker", WORKER_CONFIG_FILE));
+    }
+    output::print(
+        args.output.format,
+        &NodeRows {
+            cluster: args.name.clone(),
+            nodes,
+        },
+    )
 }
 
 // === the detached machined ===

@@ -1,8 +1,8 @@
 //! apid's node credentials and config file, produced by machined on control-plane nodes.
 //!
 //! Talos's machined issues apid's server certificate locally from `machine.ca` on control-plane
-//! nodes (talos-facts.md §4.3); workers get theirs from trustd, which basalt does not implement
-//! yet. Everything lands in `<state>/apid/`:
+//! nodes (talos-facts.md §4.3); workers get theirs from trustd ([`crate::bootstrap`] writes it
+//! here with [`write_credentials`]). Everything lands in `<state>/apid/`:
 //!
 //! | file | content | mode |
 //! | --- | --- | --- |
@@ -36,7 +36,7 @@ pub enum Error {
     /// The machine config holds no CA key (a worker).
     #[error(
         "machine.type is {machine_type} and machine.ca has no key: apid's certificate must come \
-         from trustd, which basalt does not implement yet"
+         from trustd"
     )]
     NoCaKey {
         /// The node's machine type.
@@ -126,7 +126,9 @@ impl ApidFiles {
     }
 }
 
-/// Issues apid's server certificate and writes every file of [`ApidFiles`].
+/// Writes apid's config and, on a node holding the CA key (a control plane), issues apid's
+/// server certificate: every file of [`ApidFiles`]. On a worker the credentials are left to
+/// [`crate::bootstrap`], and apid must not start before they exist.
 ///
 /// `hostname` is the node's hostname (the certificate's CN and a DNS SAN when it is a valid DNS
 /// name); `machined_socket` is where apid forwards calls.
@@ -138,7 +140,9 @@ pub fn prepare(
 ) -> Result<ApidFiles, Error> {
     let files = ApidFiles::under(state_dir)?;
     ensure_private_dir(&files.dir).map_err(|source| Error::CreateDir { source })?;
-    issue_server_cert(machine, &files, hostname)?;
+    if machine.ca_key().is_some() {
+        issue_server_cert(machine, &files, hostname)?;
+    }
 
     let config = ApidConfig {
         listen: machine.apid_listen(),
@@ -193,22 +197,43 @@ pub fn issue_server_cert(
             ttl: SERVER_CERT_TTL,
         })
         .map_err(|source| Error::Issue { source })?;
+    let bundle = ca_bundle(machine)?;
+    write_credentials(files, &issued.key_pem, &issued.cert_pem, &bundle)
+}
 
-    let mut bundle = ca_crt;
+/// The accepted CAs as one PEM bundle: `machine.ca.crt`, then every `machine.acceptedCAs`
+/// entry.
+pub fn ca_bundle(machine: &MachineConfig) -> Result<String, Error> {
+    let pem = |value: &basalt_config::Base64Pem| {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .map_err(|source| Error::CaPem { source })
+    };
+    let mut bundle = pem(machine.ca_crt())?;
     for accepted in machine.accepted_cas() {
         if !bundle.ends_with('\n') {
             bundle.push('\n');
         }
         bundle.push_str(&pem(accepted)?);
     }
+    Ok(bundle)
+}
 
+/// Writes apid's key, certificate and CA bundle, each atomically, the key first.
+pub fn write_credentials(
+    files: &ApidFiles,
+    key_pem: &str,
+    cert_pem: &str,
+    bundle: &str,
+) -> Result<(), Error> {
     // The key first: a reload between the two writes then fails on a key/cert mismatch and is
     // retried, instead of pairing a new certificate with nothing.
     let writes: [(&Path, &[u8], u32, &'static str); 3] = [
-        (&files.key, issued.key_pem.as_bytes(), 0o600, "server key"),
+        (&files.key, key_pem.as_bytes(), 0o600, "server key"),
         (
             &files.cert,
-            issued.cert_pem.as_bytes(),
+            cert_pem.as_bytes(),
             0o644,
             "server certificate",
         ),
@@ -230,7 +255,7 @@ pub fn issue_server_cert(
 ///   control plane).
 ///
 /// Entries that are not valid certificate names (e.g. a wildcard) are skipped with a warning.
-fn server_sans(machine: &MachineConfig, hostname: &str) -> Vec<SubjectAltName> {
+pub(crate) fn server_sans(machine: &MachineConfig, hostname: &str) -> Vec<SubjectAltName> {
     let mut sans = vec![
         SubjectAltName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         SubjectAltName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
@@ -263,7 +288,7 @@ fn server_sans(machine: &MachineConfig, hostname: &str) -> Vec<SubjectAltName> {
     sans
 }
 
-fn is_dns_name(name: &str) -> bool {
+pub(crate) fn is_dns_name(name: &str) -> bool {
     basalt_pki::validate_dns_name(name).is_ok()
 }
 

@@ -44,6 +44,10 @@ pub struct Config {
     /// When set, machined issues apid's credentials, writes its config and runs it as a
     /// supervised child. `None` runs machined alone (tests, `--no-apid`).
     pub apid: Option<ApidLaunch>,
+    /// How to start trustd, on control-plane nodes (those whose `machine.ca` has a key). Used
+    /// only together with [`Config::apid`], whose machine config and state directory it
+    /// shares; ignored on workers.
+    pub trustd: Option<TrustdLaunch>,
     /// The configured services (`machine.services`), where their logs go, and how they are
     /// stopped and restarted. apid, when set above, is supervised alongside them.
     pub services: ServicesConfig,
@@ -81,6 +85,7 @@ impl Config {
             mode: Mode::Container,
             host,
             apid: None,
+            trustd: None,
             services: ServicesConfig::default(),
             files: FilesPolicy::default(),
             state_dir: None,
@@ -100,6 +105,7 @@ impl fmt::Debug for Config {
             .field("mode", &self.mode)
             .field("host", &self.host)
             .field("apid", &self.apid)
+            .field("trustd", &self.trustd)
             .field("services", &self.services)
             .field("files", &self.files)
             .field("state_dir", &self.state_dir)
@@ -176,7 +182,18 @@ impl fmt::Display for Mode {
     }
 }
 
-/// How machined starts apid (control-plane nodes).
+/// How machined starts trustd (control-plane nodes): its files go to `<state>/trustd/`
+/// ([`crate::trustd`]).
+#[derive(Clone, Debug)]
+pub struct TrustdLaunch {
+    /// The trustd executable.
+    pub binary: PathBuf,
+    /// Restart pacing for the child.
+    pub backoff: Backoff,
+}
+
+/// How machined starts apid: on control-plane nodes with a certificate it issues, on workers
+/// once trustd issued one ([`crate::bootstrap`]).
 #[derive(Clone, Debug)]
 pub struct ApidLaunch {
     /// The machine config: CA, accepted CAs, cert SANs, hostname, apid listen address.

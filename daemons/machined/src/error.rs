@@ -82,6 +82,13 @@ pub enum Error {
         #[source]
         source: crate::apid::Error,
     },
+    /// trustd's credentials or config could not be produced.
+    #[error("prepare trustd's credentials and config")]
+    Trustd {
+        /// What failed.
+        #[source]
+        source: crate::trustd::Error,
+    },
     /// A path named in a request does not exist.
     #[error("{path}: no such file or directory")]
     PathNotFound {
@@ -311,6 +318,7 @@ impl From<Error> for Status {
             | Error::ParseProc { .. }
             | Error::BlockingTask { .. }
             | Error::Apid { .. }
+            | Error::Trustd { .. }
             | Error::CreateLogDir { .. }
             | Error::OpenServiceLog { .. }
             | Error::File { .. }

@@ -1,5 +1,6 @@
 //! machined: basalt's machine daemon. It serves the Talos machine API on a unix socket, answers
-//! with real data from /proc and the host, and runs apid as a supervised child.
+//! with real data from /proc and the host, and runs apid (and, on control planes, trustd) as
+//! supervised children.
 //!
 //! # What it owns
 //!
@@ -21,8 +22,12 @@
 //!   `machine.ca` wrapped in a talosconfig).
 //! - On control-plane nodes: apid's server certificate (issued from `machine.ca`, 24 h,
 //!   renewed every 12 h), apid's config file, and apid itself as a supervised child
-//!   ([`apid`]).
-//! - The service supervisor ([`supervise`]): apid and `machine.services` run as supervised
+//!   ([`apid`]); trustd's certificate, CA files and config, and trustd as a built-in service
+//!   ([`trustd`](mod@trustd)).
+//! - On workers: apid's server certificate from the control planes' trustd (key + CSR, join
+//!   token, round-robin with backoff, renewed at half-life); apid starts once it has one
+//!   ([`bootstrap`]).
+//! - The service supervisor ([`supervise`]): apid, trustd and `machine.services` run as supervised
 //!   children with Talos's states, dependencies, health checks, restart policies with backoff,
 //!   SIGTERM-then-SIGKILL stops and captured output (bounded ring + rotated file); served as
 //!   ServiceList, ServiceStart/Stop/Restart, Logs and LogsContainers.
@@ -69,6 +74,7 @@
 
 pub mod apid;
 pub mod boot_id;
+pub mod bootstrap;
 mod clientconfig;
 mod config;
 pub mod config_store;
@@ -82,10 +88,11 @@ mod procfs;
 mod server;
 mod services;
 pub mod supervise;
+pub mod trustd;
 
 pub use crate::config::{
     AllowedUids, ApidLaunch, Backoff, Config, DRAIN_TIMEOUT, MAX_MESSAGE_SIZE, Mode,
-    SOCKET_DIR_MODE, SOCKET_MODE,
+    SOCKET_DIR_MODE, SOCKET_MODE, TrustdLaunch,
 };
 pub use crate::config_store::{ConfigStore, ConfigStoreOptions};
 pub use crate::error::Error;

@@ -11,7 +11,7 @@ use basalt_config::MachineConfig;
 use clap::{Parser, ValueEnum};
 use machined::{
     AllowedUids, ApidLaunch, Backoff, Config, ConfigStore, ConfigStoreOptions, DenyRule,
-    FilesPolicy, Mode, Server, default_deny_rules,
+    FilesPolicy, Mode, Server, TrustdLaunch, default_deny_rules,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -22,7 +22,8 @@ const EXIT_USAGE: u8 = 64;
 /// The longest unix socket path the kernel accepts (`sun_path` holds 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// basalt's machine daemon: the machine API on a unix socket; runs apid on control-plane nodes.
+/// basalt's machine daemon: the machine API on a unix socket; runs apid (and trustd on
+/// control-plane nodes; a worker gets apid's certificate from trustd).
 #[derive(Debug, Parser)]
 #[command(name = "machined", version)]
 struct Cli {
@@ -43,7 +44,16 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     apid_bin: Option<PathBuf>,
 
-    /// Do not run apid (machined alone, e.g. for tests).
+    /// The trustd executable, run on control-plane nodes [default: `trustd` next to this
+    /// executable].
+    #[arg(long, value_name = "PATH")]
+    trustd_bin: Option<PathBuf>,
+
+    /// Do not run trustd on a control-plane node.
+    #[arg(long)]
+    no_trustd: bool,
+
+    /// Do not run apid (and so no trustd either: machined alone, e.g. for tests).
     #[arg(long)]
     no_apid: bool,
 
@@ -218,18 +228,30 @@ impl Setup {
         config.services.log_dir = Some(state.join("logs"));
         if cli.no_apid {
             tracing::info!("apid disabled by --no-apid");
-        } else if machine.ca_key().is_none() {
-            tracing::warn!(
-                machine.type = %machine.machine_type(),
-                "Not starting apid: on a node without the CA key its certificate must come \
-                 from trustd, which basalt does not implement yet"
-            );
         } else {
-            check_ca(&machine)?;
+            if machine.ca_key().is_some() {
+                check_ca(&machine)?;
+                if cli.no_trustd {
+                    tracing::info!("trustd disabled by --no-trustd");
+                } else {
+                    config.trustd = Some(TrustdLaunch {
+                        binary: match &cli.trustd_bin {
+                            Some(path) => absolute(path)?,
+                            None => sibling_bin("trustd")?,
+                        },
+                        backoff: Backoff::default(),
+                    });
+                }
+            } else {
+                basalt_pki::KeyAlgorithm::of_certificate_pem(
+                    machine.ca_crt().as_str().context("machine.ca.crt")?,
+                )
+                .context("machine.ca.crt does not hold a usable CA certificate")?;
+            }
             config.apid = Some(ApidLaunch {
                 binary: match &cli.apid_bin {
                     Some(path) => absolute(path)?,
-                    None => default_apid_bin()?,
+                    None => sibling_bin("apid")?,
                 },
                 machine,
                 state_dir: state,
@@ -271,13 +293,13 @@ fn check_ca(machine: &MachineConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `apid` in the directory of this executable.
-fn default_apid_bin() -> anyhow::Result<PathBuf> {
+/// `name` (`apid`, `trustd`) in the directory of this executable.
+fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("find machined's own executable")?;
     let dir = exe
         .parent()
         .context("machined's executable has no parent directory")?;
-    Ok(dir.join("apid"))
+    Ok(dir.join(name))
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

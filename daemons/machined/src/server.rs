@@ -15,9 +15,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::Error;
 use crate::apid::{self, ApidFiles};
 use crate::boot_id::BootId;
+use crate::bootstrap::{self, RetryBackoff};
 use crate::clientconfig::ClientConfigs;
 use crate::config::{
     AllowedUids, ApidLaunch, Config, DRAIN_TIMEOUT, MAX_MESSAGE_SIZE, SOCKET_DIR_MODE, SOCKET_MODE,
+    TrustdLaunch,
 };
 use crate::config_store::ConfigStore;
 use crate::events::EventBus;
@@ -27,6 +29,7 @@ use crate::lifecycle::{Lifecycle, LifecycleParts, StateLayout};
 use crate::procfs::{ProcFs, ProcessUnits};
 use crate::services::{ConfigApi, Diagnostics, MachineApi, VersionFacts, chain};
 use crate::supervise::{ServiceManager, ServiceSpec, stopped};
+use crate::trustd::{self as trustd_files, TrustdFiles};
 
 /// Entry point of the two-phase API: [`Server::bind`], then [`Bound::serve`].
 #[derive(Debug)]
@@ -41,8 +44,12 @@ impl Server {
     ///    file, a live server's socket) is refused with [`Error::PrepareSocket`];
     /// 3. binds the socket and sets its mode to 0660;
     /// 4. reads the host facts the handlers need (uname, clock ticks, page size);
-    /// 5. with [`Config::apid`]: issues apid's server certificate and writes its config;
-    /// 6. registers the services (apid and `machine.services`) and opens their log files.
+    /// 5. with [`Config::apid`]: writes apid's config and, on a control plane, issues apid's
+    ///    server certificate (a worker gets it from trustd once serving starts); with
+    ///    [`Config::trustd`] on a control plane: issues trustd's certificate and writes its
+    ///    files and config;
+    /// 6. registers the services (apid, trustd and `machine.services`) and opens their log
+    ///    files.
     ///
     /// Once this returns, clients can connect (the kernel queues them until
     /// [`Bound::serve`] accepts).
@@ -53,6 +60,7 @@ impl Server {
             mode,
             host,
             apid,
+            trustd,
             services,
             files,
             state_dir,
@@ -96,12 +104,21 @@ impl Server {
             None => None,
             Some(launch) => Some(prepare_apid(launch, host.as_ref(), &socket)?),
         };
-        let builtin = apid
+        let trustd = match (&apid, trustd) {
+            (Some((launch, _, hostname)), Some(trustd)) if launch.machine.ca_key().is_some() => {
+                Some(prepare_trustd(launch, trustd, hostname)?)
+            }
+            _ => None,
+        };
+        let mut builtin: Vec<ServiceSpec> = apid
             .iter()
-            .map(|(launch, files)| {
+            .map(|(launch, files, _)| {
                 ServiceSpec::apid(launch.binary.clone(), files.config.clone(), launch.backoff)
             })
             .collect();
+        builtin.extend(trustd.iter().map(|(launch, files)| {
+            ServiceSpec::trustd(launch.binary.clone(), files.config.clone(), launch.backoff)
+        }));
         let supervised = ServiceManager::new(&services, builtin, EventBus::new())?;
         let lifecycle = Lifecycle::new(LifecycleParts {
             mode,
@@ -113,7 +130,8 @@ impl Server {
                 let keep = [Some(socket.clone()), machine_config_file]
                     .into_iter()
                     .flatten()
-                    .chain(apid.iter().map(|(_, files)| files.dir.clone()));
+                    .chain(apid.iter().map(|(_, files, _)| files.dir.clone()))
+                    .chain(trustd.iter().map(|(_, files)| files.dir.clone()));
                 StateLayout::new(dir, keep, services.log_dir.clone())
             }),
             ready_patience: boot_ready_patience,
@@ -167,6 +185,7 @@ impl Server {
             allowed_uids,
             machine,
             apid,
+            trustd: trustd.map(|(_, files)| files),
             host,
             supervised,
             lifecycle,
@@ -183,7 +202,8 @@ pub struct Bound {
     socket: PathBuf,
     allowed_uids: AllowedUids,
     machine: MachineApi,
-    apid: Option<(ApidLaunch, ApidFiles)>,
+    apid: Option<(ApidLaunch, ApidFiles, String)>,
+    trustd: Option<TrustdFiles>,
     host: Arc<dyn Host>,
     supervised: ServiceManager,
     lifecycle: Lifecycle,
@@ -204,7 +224,12 @@ impl Bound {
 
     /// The paths of apid's credentials and config, when machined runs apid.
     pub fn apid_files(&self) -> Option<&ApidFiles> {
-        self.apid.as_ref().map(|(_, files)| files)
+        self.apid.as_ref().map(|(_, files, _)| files)
+    }
+
+    /// The paths of trustd's credentials and config, when machined runs trustd.
+    pub fn trustd_files(&self) -> Option<&TrustdFiles> {
+        self.trustd.as_ref()
     }
 
     /// The node's event bus (service state changes are published on it from bind on).
@@ -223,8 +248,10 @@ impl Bound {
     /// calls for at most [`DRAIN_TIMEOUT`], stops every service (dependents first; SIGTERM,
     /// then SIGKILL) and removes the socket file.
     ///
-    /// Services (apid and `machine.services`) are started first; apid's server certificate is
-    /// re-issued every [`apid::RENEW_INTERVAL`].
+    /// Services (apid, trustd and `machine.services`) are started first; on a control plane
+    /// apid's and trustd's server certificates are re-issued every [`apid::RENEW_INTERVAL`].
+    /// On a worker apid starts once its certificate came from trustd, and is renewed at
+    /// half-life ([`bootstrap::run`]).
     pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
     where
         F: Future<Output = ()> + Send,
@@ -235,6 +262,7 @@ impl Bound {
             allowed_uids,
             machine,
             apid,
+            trustd,
             host,
             supervised,
             lifecycle,
@@ -244,11 +272,34 @@ impl Bound {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut children = tokio::task::JoinSet::new();
-        supervised.launch();
-        lifecycle.start_boot();
-        if let Some((launch, files)) = apid {
-            children.spawn(renew_apid_cert(launch, files, host, stop_rx.clone()));
+        match apid {
+            Some((launch, files, hostname)) if launch.machine.ca_key().is_none() => {
+                // A worker: apid waits for its certificate from trustd.
+                supervised.launch_except(&["apid"]);
+                let services = supervised.clone();
+                children.spawn(bootstrap::run(
+                    launch.machine,
+                    files,
+                    hostname,
+                    RetryBackoff::default(),
+                    supervised.events().clone(),
+                    move || services.launch_service("apid"),
+                    stop_rx.clone(),
+                ));
+            }
+            Some((launch, files, _)) => {
+                supervised.launch();
+                children.spawn(renew_apid_cert(
+                    launch,
+                    files,
+                    trustd,
+                    host,
+                    stop_rx.clone(),
+                ));
+            }
+            None => supervised.launch(),
         }
+        lifecycle.start_boot();
         if let Some(store) = config_store {
             // Reverts a TRY apply not confirmed in time (re-armed from disk at every start).
             children.spawn(store.run_try_watchdog(supervised.events().clone(), stop_rx.clone()));
@@ -326,20 +377,49 @@ impl Bound {
     }
 }
 
-/// Issues apid's credentials and config at bind time.
+/// Issues apid's credentials (control plane) and writes its config at bind time; returns the
+/// hostname the certificates are issued for.
 fn prepare_apid(
     launch: ApidLaunch,
     host: &dyn Host,
     socket: &Path,
-) -> Result<(ApidLaunch, ApidFiles), Error> {
+) -> Result<(ApidLaunch, ApidFiles, String), Error> {
     let hostname = host.hostname().map_err(|source| Error::Host { source })?;
     let files = apid::prepare(&launch.machine, &launch.state_dir, &hostname, socket)
         .map_err(|source| Error::Apid { source })?;
+    if launch.machine.ca_key().is_some() {
+        tracing::info!(
+            config = %files.config.display(),
+            listen = %launch.machine.apid_listen(),
+            valid_for_h = apid::SERVER_CERT_TTL.as_secs() / 3600,
+            "Issued apid's server certificate"
+        );
+    } else {
+        tracing::info!(
+            config = %files.config.display(),
+            listen = %launch.machine.apid_listen(),
+            trustd = ?bootstrap::targets(&launch.machine)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            "Worker: apid starts once trustd issued its server certificate"
+        );
+    }
+    Ok((launch, files, hostname))
+}
+
+/// Issues trustd's credentials and writes its config at bind time (control planes).
+fn prepare_trustd(
+    apid: &ApidLaunch,
+    launch: TrustdLaunch,
+    hostname: &str,
+) -> Result<(TrustdLaunch, TrustdFiles), Error> {
+    let files = trustd_files::prepare(&apid.machine, &apid.state_dir, hostname)
+        .map_err(|source| Error::Trustd { source })?;
     tracing::info!(
         config = %files.config.display(),
-        listen = %launch.machine.apid_listen(),
-        valid_for_h = apid::SERVER_CERT_TTL.as_secs() / 3600,
-        "Issued apid's server certificate"
+        listen = %apid.machine.trustd_listen(),
+        "Issued trustd's server certificate"
     );
     Ok((launch, files))
 }
@@ -350,6 +430,7 @@ fn prepare_apid(
 async fn renew_apid_cert(
     launch: ApidLaunch,
     files: ApidFiles,
+    trustd: Option<TrustdFiles>,
     host: Arc<dyn Host>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -365,12 +446,21 @@ async fn renew_apid_cert(
                 apid::issue_server_cert(&launch.machine, &files, &hostname)
                     .map_err(|source| Error::Apid { source })
             });
-        match issued {
-            Ok(()) => tracing::info!("Renewed apid's server certificate"),
+        match &issued {
+            Ok(_) => tracing::info!("Renewed apid's server certificate"),
             Err(err) => tracing::error!(
-                error = &err as &dyn std::error::Error,
+                error = err as &dyn std::error::Error,
                 "Cannot renew apid's server certificate"
             ),
+        }
+        if let (Some(trustd), Ok(hostname)) = (&trustd, host.hostname()) {
+            match trustd_files::issue_server_cert(&launch.machine, trustd, &hostname) {
+                Ok(()) => tracing::info!("Renewed trustd's server certificate"),
+                Err(err) => tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "Cannot renew trustd's server certificate"
+                ),
+            }
         }
     }
 }

@@ -41,6 +41,20 @@ impl KeyAlgorithm {
         }
     }
 
+    /// The key algorithm of the first certificate in a PEM document. A worker holds its CA's
+    /// certificate without the key and picks its CSR key type this way (Talos's
+    /// `NewCSRAndIdentityFromCA`), since trustd signs only CSRs of the CA's key type.
+    pub fn of_certificate_pem(pem: &str) -> Result<Self, Error> {
+        let der = pem_util::first_block(
+            pem.as_bytes(),
+            "certificate",
+            &[pem_util::CERTIFICATE_LABEL],
+            pem_util::CERTIFICATE_LABEL,
+        )?;
+        let cert = pem_util::parse_certificate(&der)?;
+        Self::from_spki(cert.public_key())
+    }
+
     /// The algorithm of a certificate's or CSR's public key.
     pub(crate) fn from_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<Self, Error> {
         let alg = &spki.algorithm;
@@ -232,6 +246,22 @@ fn sec1_p256_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_type_of_a_ca_certificate_is_read_without_its_key() {
+        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::EcdsaP256] {
+            let ca = crate::CertificateAuthority::generate(&crate::CaOptions {
+                algorithm: alg,
+                ..crate::CaOptions::talos_os()
+            })
+            .expect("CA");
+            assert_eq!(
+                KeyAlgorithm::of_certificate_pem(ca.cert_pem()).expect("alg"),
+                alg
+            );
+        }
+        assert!(KeyAlgorithm::of_certificate_pem("not PEM").is_err());
+    }
 
     /// Extracts the SEC1 `ECPrivateKey` from a ring-made PKCS#8 document.
     fn pkcs8_to_sec1(pkcs8: &[u8]) -> Vec<u8> {

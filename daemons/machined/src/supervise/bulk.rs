@@ -34,6 +34,9 @@ impl ServiceManager {
         for level in stop_order(&self.shared.units) {
             let mut acks = Vec::new();
             for id in level {
+                if self.is_held(&id) {
+                    continue;
+                }
                 if let Some(unit) = self.shared.units.get(&id) {
                     let (ack, done) = oneshot::channel();
                     if unit.send(Request::Stop(ack)) {
@@ -52,7 +55,10 @@ impl ServiceManager {
     /// runner has accepted. Use [`ServiceManager::wait_ready`] to learn when they are up.
     pub(crate) async fn start_all(&self) {
         let mut acks = Vec::new();
-        for unit in self.shared.units.values() {
+        for (id, unit) in &self.shared.units {
+            if self.is_held(id) {
+                continue;
+            }
             let (ack, done) = oneshot::channel();
             if unit.send(Request::Start(ack)) {
                 acks.push(done);

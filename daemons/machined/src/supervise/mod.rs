@@ -179,6 +179,43 @@ impl ServiceManager {
         }
     }
 
+    /// Like [`ServiceManager::launch`], but leaves the services in `held` registered and not
+    /// started until [`ServiceManager::launch_service`] (a worker's apid waits for its
+    /// certificate from trustd). Whole-node stop/start and API control skip held services.
+    pub(crate) fn launch_except(&self, held: &[&str]) {
+        let mut pending = lock(&self.pending);
+        let all = std::mem::take(&mut *pending);
+        let mut tasks = lock(&self.tasks);
+        for (unit, receiver) in all {
+            if held.contains(&unit.spec.id.as_str()) {
+                pending.push((unit, receiver));
+            } else {
+                tasks.spawn(runner::run(unit, Arc::clone(&self.shared), receiver));
+            }
+        }
+    }
+
+    /// Starts the runner of one held service (see [`ServiceManager::launch_except`]); does
+    /// nothing if it already runs or machined is shutting down.
+    pub(crate) fn launch_service(&self, id: &str) {
+        if *self.shared.shutdown.borrow() || *self.closing.borrow() {
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        if let Some(index) = pending.iter().position(|(unit, _)| unit.spec.id == id) {
+            let (unit, receiver) = pending.swap_remove(index);
+            lock(&self.tasks).spawn(runner::run(unit, Arc::clone(&self.shared), receiver));
+        }
+    }
+
+    /// Whether `id` is registered but its runner was not started: nothing would answer its
+    /// requests.
+    pub(crate) fn is_held(&self, id: &str) -> bool {
+        lock(&self.pending)
+            .iter()
+            .any(|(unit, _)| unit.spec.id == id)
+    }
+
     /// Every service, sorted by id, as `ServiceList` reports it.
     pub(crate) fn list(&self) -> Vec<machine::ServiceInfo> {
         self.shared
@@ -206,6 +243,12 @@ impl ServiceManager {
 
     async fn control(&self, id: &str, operation: Operation) -> Result<String, Error> {
         let unit = self.unit(id)?;
+        if self.is_held(id) {
+            return Err(Error::ServiceControlRefused {
+                service: id.to_owned(),
+                operation: operation.as_str(),
+            });
+        }
         let allowed = match operation {
             Operation::Start => unit.spec.api.start,
             Operation::Stop => unit.spec.api.stop,
@@ -273,6 +316,9 @@ impl ServiceManager {
         for level in stop_order(&self.shared.units) {
             let mut acks = Vec::new();
             for id in level {
+                if self.is_held(&id) {
+                    continue;
+                }
                 if let Some(unit) = self.shared.units.get(&id) {
                     let (ack, done) = oneshot::channel();
                     if unit.send(Request::Stop(ack)) {
@@ -671,6 +717,47 @@ mod tests {
             .count();
         assert_eq!(published, web_events.len());
         manager.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_held_service_starts_only_when_launched_and_never_blocks_stops() {
+        let manager = manager(vec![
+            sh("apid", "exec sleep 30"),
+            sh("web", "exec sleep 30"),
+        ]);
+        manager.launch_except(&["apid"]);
+        eventually("web running", || state_of(&manager, "web") == "Running").await;
+        assert_eq!(state_of(&manager, "apid"), "Initialized");
+        assert!(manager.is_held("apid"));
+        assert!(matches!(
+            manager.start("apid").await,
+            Err(Error::ServiceControlRefused { .. })
+        ));
+        // Whole-node stop and start skip it instead of waiting for a runner that is not there.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            manager.stop_all().await;
+            manager.start_all().await;
+        })
+        .await
+        .expect("stop_all/start_all with a held service");
+        manager.launch_service("apid");
+        assert!(!manager.is_held("apid"));
+        eventually("apid running", || state_of(&manager, "apid") == "Running").await;
+        tokio::time::timeout(Duration::from_secs(10), manager.shutdown())
+            .await
+            .expect("shutdown");
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_held_service() {
+        let manager = manager(vec![sh("apid", "exec sleep 30")]);
+        manager.launch_except(&["apid"]);
+        tokio::time::timeout(Duration::from_secs(10), manager.shutdown())
+            .await
+            .expect("shutdown");
+        // Launching after shutdown does nothing.
+        manager.launch_service("apid");
+        assert!(manager.is_held("apid"));
     }
 
     #[tokio::test]

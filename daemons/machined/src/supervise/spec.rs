@@ -116,6 +116,17 @@ impl ServiceSpec {
         }
     }
 
+    /// The built-in trustd (control-plane nodes): always restarted, machined's environment,
+    /// a single process in machined's group like apid; the API may stop and restart it (it
+    /// does not carry the API).
+    pub fn trustd(program: PathBuf, config: PathBuf, backoff: Backoff) -> Self {
+        ServiceSpec {
+            id: "trustd".to_owned(),
+            api: ApiControl::FULL,
+            ..ServiceSpec::apid(program, config, backoff)
+        }
+    }
+
     /// Applies the environment to a command about to be spawned.
     pub(crate) fn apply_env(&self, command: &mut tokio::process::Command) {
         if let Environment::Exactly(vars) = &self.env {
