@@ -347,18 +347,21 @@ impl Writer {
             let mut next = Some(entry);
             loop {
                 // Write what is queued, flush once the queue is empty, then linger briefly
-                // for more before sleeping on the channel again.
+                // for more before sleeping on the channel again. `BufWriter` never splits a
+                // line across two writes, so lines stay whole on a shared stderr too.
+                let mut written = Ok(());
                 while let Some(entry) = next {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
                     line.clear();
                     entry.render(&mut line);
                     drop(entry);
-                    let result = self.out.write_all(&line);
-                    self.report(result);
+                    if let Err(err) = self.out.write_all(&line) {
+                        written = Err(err);
+                    }
                     next = self.rx.try_recv().ok();
                 }
-                let result = self.out.flush();
-                self.report(result);
+                let flushed = self.out.flush();
+                self.report(written.and(flushed));
                 std::thread::sleep(COALESCE);
                 match self.rx.try_recv() {
                     Ok(entry) => next = Some(entry),

@@ -355,7 +355,7 @@ async fn pump(
     .await;
 }
 
-/// `http://machined/<path>`: the scheme and authority hyper's HTTP/2 client needs, the path
+/// `http://machined/<path>`: the scheme and authority an HTTP/2 request must carry, the path
 /// (and query, if any) as the client sent it.
 fn upstream_uri(uri: Uri) -> Uri {
     let mut parts = uri.into_parts();

@@ -77,14 +77,14 @@ fn main() -> ExitCode {
         };
     }
 
-    // One thread serves everything (plus the audit writer's: two OS threads, Talos's cap for
-    // apid). A call through apid is a chain of small hand-offs between tasks (TLS connection,
-    // HTTP/2 stream, machined connection); on a multi-threaded runtime each hand-off can wake
-    // the other worker, and those wake-ups, not apid's work, were most of its per-call cost:
-    // 2 workers measured ~4 voluntary context switches and ~95 µs of CPU per call at
-    // concurrency 1, one thread ~2 and ~60 µs, with the same throughput at 16 and 64 calls
-    // in flight (docs/BENCHMARKS.md). The price is that TLS handshakes (~0.5 ms of CPU each)
-    // no longer run in parallel with calls.
+    // One thread serves everything and the audit writer has its own: two OS threads, Talos's
+    // cap for apid. A call is a chain of hand-offs between tasks (TLS connection, HTTP/2 stream,
+    // machined connection); on a multi-threaded runtime a hand-off often wakes the other worker,
+    // and in a VM a wake-up costs more than apid's own work. Measured with one call in flight
+    // (docs/BENCHMARKS.md): ~2.5 context switches and ~100 µs of CPU per call against ~4.7 and
+    // ~120 µs with two workers, and ~30 µs less latency; with 16 or 64 calls in flight the same
+    // throughput for less CPU. What two workers would buy is TLS handshakes in parallel (~1300/s
+    // instead of ~1000/s from four clients on two cores), and handshakes are rare.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -90,6 +90,46 @@ async fn a_client_stream_passes_through() {
 }
 
 #[tokio::test]
+async fn a_client_stream_that_trickles_and_one_that_outruns_machined_pass_through() {
+    use basalt_api::basalt::v1::diagnostics_service_client::DiagnosticsServiceClient;
+    use basalt_api::common::Data;
+    use tokio_stream::StreamExt as _;
+
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let backend = apid.backend().await;
+        let reader = pki.client(&["os:reader"]);
+        let mut client = DiagnosticsServiceClient::new(apid.channel(&pki, Some(&reader)))
+            .max_encoding_message_size(64 << 20);
+
+        // Messages that arrive after the call was forwarded: apid keeps passing them on.
+        let trickle = tokio_stream::iter((0..5).map(|i| Data {
+            metadata: None,
+            bytes: vec![1; i],
+        }))
+        .throttle(Duration::from_millis(20));
+        let reply = client.collect(trickle).await.expect("trickled collect");
+        assert_eq!(reply.get_ref().messages, 5);
+        assert_eq!(reply.get_ref().bytes, 10);
+
+        // Far more than the HTTP/2 windows between client, apid and machined: the upload
+        // only completes if apid follows machined's flow control.
+        let flood = tokio_stream::iter((0..40).map(|_| Data {
+            metadata: None,
+            bytes: vec![2; 1 << 20],
+        }));
+        let reply = client.collect(flood).await.expect("flooding collect");
+        assert_eq!(reply.get_ref().messages, 40);
+        assert_eq!(reply.get_ref().bytes, 40 << 20);
+
+        backend.stop().await;
+        apid.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn ten_megabyte_messages_pass_both_ways() {
     within_deadline(async {
         let pki = Pki::new();
