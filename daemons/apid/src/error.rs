@@ -41,6 +41,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// apid's own server certificate could not be read for its SAN list.
+    #[error("read the server certificate {}", .path.display())]
+    ReadServerCertificate {
+        /// The configured certificate file.
+        path: PathBuf,
+        /// Why it could not be read or parsed.
+        #[source]
+        source: BoxError,
+    },
+
     /// The audit writer thread could not be started.
     #[error("start the audit writer thread")]
     StartAuditWriter(#[source] io::Error),
@@ -66,6 +76,11 @@ pub enum Error {
     /// needs and the roles held.
     #[error("{0}")]
     PermissionDenied(Denial),
+
+    /// The `node`/`nodes` metadata names another node (PermissionDenied, as a Talos worker), or
+    /// `node` has several values (InvalidArgument).
+    #[error(transparent)]
+    Route(#[from] crate::routing::RouteError),
 
     /// machined's socket could not be reached, or the connection to it broke.
     #[error("machined is not reachable at {}", .socket.display())]
@@ -103,6 +118,12 @@ impl From<Error> for Status {
             // Authorization: the explanation is safe and useful to the caller (it only repeats
             // the method, the rule and the roles of the caller's own certificate).
             Error::PermissionDenied(denial) => Status::permission_denied(denial.to_string()),
+            Error::Route(err @ crate::routing::RouteError::MultiValuedNode) => {
+                Status::invalid_argument(err.to_string())
+            }
+            Error::Route(err @ crate::routing::RouteError::NoForwarding { .. }) => {
+                Status::permission_denied(err.to_string())
+            }
             // Dependency down: say where apid looked and why it failed, so an operator can tell
             // "machined stopped" from "wrong socket path"; no secrets are involved.
             Error::MachinedUnreachable { ref source, .. } => {
@@ -123,6 +144,7 @@ impl From<Error> for Status {
             | Error::LoadCredentials(_)
             | Error::OpenAudit { .. }
             | Error::StartAuditWriter(_)
+            | Error::ReadServerCertificate { .. }
             | Error::Reflection(_)) => basalt_grpc::internal(&err),
         }
     }

@@ -36,6 +36,7 @@ mod forward;
 mod local;
 mod peer;
 mod pipeline;
+mod routing;
 mod server;
 
 pub use basalt_grpc::{HandshakeFailure, HandshakeStats, HandshakeStatsHandle, ReloadHandle};

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::forward::Machined;
 use crate::local::{self, LocalServices};
 use crate::peer::{CallIdentity, Peer, strip_internal_metadata};
+use crate::routing::{LocalNames, route_locally};
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub(crate) struct Shared {
     pub(crate) audit: AuditLog,
     pub(crate) local: LocalServices,
     pub(crate) machined: Machined,
+    /// The names in apid's own server certificate: a `node` naming one of them is this node.
+    pub(crate) local_names: LocalNames,
 }
 
 /// Handles one call from an authenticated connection. Never fails: every outcome is a gRPC
@@ -40,6 +43,9 @@ pub(crate) async fn handle(
     //    and `proxyfrom` value first, so nothing below can read a forged one; an
     //    `os:impersonator` peer (another apid) is the only one whose asserted roles count.
     let stripped = strip_internal_metadata(request.headers_mut());
+    // `node`/`nodes` are read (and removed when they name this node) now, while the headers
+    // can be borrowed mutably; the verdict is acted on in step 5, after authorization.
+    let route = route_locally(request.headers_mut(), &shared.local_names);
     let call = CallIdentity::resolve(peer, stripped);
     let method = request.uri().path();
 
@@ -69,7 +75,15 @@ pub(crate) async fn handle(
         return ResponseBody::wrap(response, Some(audit), Enforce::default());
     }
 
-    // 5. Everything else goes to machined, bytes untouched, with our `talos-role` and
+    // 5. basalt does not forward to other nodes yet: a call naming another node is refused
+    //    rather than silently answered by this one.
+    if let Err(err) = route {
+        warn!(grpc.method = %method, peer.addr = %peer.addr, reason = %err, "Call refused");
+        audit.deny(err.to_string());
+        return ResponseBody::error(Error::Route(err), Some(audit));
+    }
+
+    // 6. Everything else goes to machined, bytes untouched, with our `talos-role` and
     //    `basalt-caller`, under the message limit and the call's deadline.
     shared.machined.forward(request, &call, audit).await
 }

@@ -29,11 +29,12 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::audit::{AuditLog, AuditWriter};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::forward::Machined;
 use crate::local::LocalServices;
 use crate::peer::Peer;
 use crate::pipeline::{self, Shared};
+use crate::routing::LocalNames;
 
 /// How long open calls get to finish after shutdown is requested (Talos: 10 s graceful stop).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -84,6 +85,7 @@ impl Server {
             audit,
             local: LocalServices::new().map_err(Error::Reflection)?,
             machined: Machined::new(&config.machined_socket),
+            local_names: local_names(&config.tls.cert)?,
         };
         info!(
             addr = %local_addr,
@@ -100,6 +102,17 @@ impl Server {
             audit_writer,
         })
     }
+}
+
+/// The names this node answers to, from its server certificate (read once at bind: a renewed
+/// certificate keeps the node's names).
+fn local_names(cert: &std::path::Path) -> Result<LocalNames, Error> {
+    let read_error = |source: BoxError| Error::ReadServerCertificate {
+        path: cert.to_owned(),
+        source,
+    };
+    let pem = std::fs::read_to_string(cert).map_err(|err| read_error(Box::new(err)))?;
+    LocalNames::from_server_cert(&pem).map_err(|err| read_error(Box::new(err)))
 }
 
 /// Checks what [`Server::bind`] would load, without binding: the TLS files are read and must

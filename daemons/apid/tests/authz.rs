@@ -279,3 +279,59 @@ async fn health_and_reflection_answer_without_machined() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_call_naming_another_node_is_refused_and_this_node_is_served() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let backend = apid.backend().await;
+        let mut client = apid.machine(&pki, &pki.client(&["os:admin"]));
+
+        // apid's certificate names 127.0.0.1: that is this node, served here.
+        client
+            .version(with_metadata((), &[("node", "127.0.0.1")]))
+            .await
+            .expect("node naming this node is local");
+        client
+            .version(with_metadata((), &[("nodes", "127.0.0.1")]))
+            .await
+            .expect("nodes naming only this node is local");
+
+        // Any other node: refused, never silently answered by this one.
+        let err = client
+            .version(with_metadata((), &[("node", "10.9.9.9")]))
+            .await
+            .expect_err("no forwarding yet");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(
+            err.message().contains("no request forwarding"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("10.9.9.9"), "{}", err.message());
+        let err = client
+            .version(with_metadata(
+                (),
+                &[("nodes", "127.0.0.1"), ("nodes", "worker-2")],
+            ))
+            .await
+            .expect_err("fan-out to another node");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let err = client
+            .version(with_metadata(
+                (),
+                &[("node", "127.0.0.1"), ("node", "127.0.0.1")],
+            ))
+            .await
+            .expect_err("two node values");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.message(), "node metadata must be single-valued");
+
+        backend.stop().await;
+        let audit = apid.stop().await;
+        let denied = audit.iter().filter(|r| r["decision"] == "deny").count();
+        assert_eq!(denied, 3, "every refusal is audited");
+    })
+    .await;
+}
