@@ -9,13 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use apid::{Error, Server};
 use basalt_config::ApidConfig;
-use clap::{Parser, ValueEnum};
+use basalt_daemon::{LogFormat, exit, init_telemetry};
+use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
-
-/// Exit code for bad flags or configuration (BSD EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 /// basalt's API gateway: mutual TLS, roles from the certificate, authorization, audit, and a
 /// transparent proxy to machined.
@@ -35,12 +32,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Plain,
-    Json,
-}
-
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -50,18 +41,22 @@ fn main() -> ExitCode {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     ExitCode::SUCCESS
                 }
-                _ => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(exit::USAGE),
             };
         }
     };
-    init_telemetry(args.log_format);
+    if let Err(err) = init_telemetry(args.log_format, std::env::var("BASALT_LOG").ok().as_deref()) {
+        // No subscriber yet: stderr is the only place left to say why.
+        eprintln!("apid: {:#}", anyhow::Error::from(err));
+        return ExitCode::from(exit::USAGE);
+    }
     basalt_pki::install_crypto_provider();
 
     let config = match ApidConfig::load(&args.config) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("apid: {:#}", anyhow::Error::from(err));
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if args.check_config {
@@ -72,7 +67,7 @@ fn main() -> ExitCode {
             }
             Err(err) => {
                 eprintln!("apid: {:#}", anyhow::Error::from(err));
-                ExitCode::from(EXIT_USAGE)
+                ExitCode::from(exit::USAGE)
             }
         };
     }
@@ -108,7 +103,7 @@ fn main() -> ExitCode {
             error!("{err:#}");
             eprintln!("apid: {err:#}");
             if usage {
-                ExitCode::from(EXIT_USAGE)
+                ExitCode::from(exit::USAGE)
             } else {
                 ExitCode::FAILURE
             }
@@ -140,15 +135,4 @@ async fn run(config: ApidConfig) -> anyhow::Result<()> {
     };
     bound.serve(shutdown).await?;
     Ok(())
-}
-
-fn init_telemetry(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("BASALT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

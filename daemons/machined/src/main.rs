@@ -1,23 +1,19 @@
 //! The `machined` binary: flags → telemetry → config → `Server::bind` → serve until SIGTERM or
 //! SIGINT. Everything else lives in the library.
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use basalt_config::MachineConfig;
-use clap::{Parser, ValueEnum};
+use basalt_daemon::{LogFormat, exit, init_telemetry};
+use clap::Parser;
 use machined::{
     AllowedUids, ApidLaunch, Backoff, Config, ConfigStore, ConfigStoreOptions, DenyRule,
     FilesPolicy, Mode, Server, TrustdLaunch, default_deny_rules,
 };
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
-
-/// Exit code for bad flags or a bad config (BSD EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 /// The longest unix socket path the kernel accepts (`sun_path` holds 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -82,35 +78,27 @@ struct Cli {
     check_config: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let code = if err.use_stderr() { exit::USAGE } else { 0 };
             // clap prints help/version to stdout and usage errors to stderr.
             let _ = err.print();
             return ExitCode::from(code);
         }
     };
-    if let Err(err) = init_telemetry(cli.log_format) {
+    if let Err(err) = init_telemetry(cli.log_format, std::env::var("BASALT_LOG").ok().as_deref()) {
         // No subscriber yet: stderr is the only place left to say why.
-        eprintln!("machined: {err:#}");
-        return ExitCode::from(EXIT_USAGE);
+        eprintln!("machined: {:#}", anyhow::Error::from(err));
+        return ExitCode::from(exit::USAGE);
     }
 
     let setup = match Setup::load(&cli) {
         Ok(setup) => setup,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "Invalid configuration");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if cli.check_config {
@@ -304,22 +292,4 @@ fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("resolve {}", path.display()))
-}
-
-/// Installs the global subscriber: filter from `BASALT_LOG` (default `info`), output to stderr.
-fn init_telemetry(format: LogFormat) -> anyhow::Result<()> {
-    let filter = match std::env::var("BASALT_LOG") {
-        Ok(directives) => EnvFilter::try_new(&directives)
-            .with_context(|| format!("BASALT_LOG={directives:?} is not a valid log filter"))?,
-        Err(_) => EnvFilter::new("info"),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(|err| anyhow::anyhow!("install the log subscriber: {err}"))
 }

@@ -1,0 +1,80 @@
+//! Process scaffolding shared by the three daemons' `main.rs`: the log format flag, telemetry
+//! initialisation and exit codes.
+//!
+//! It holds no gRPC and no config schemas, and it never reads the process environment itself:
+//! `main` reads `BASALT_LOG` and passes it in (STYLE §4).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes of the daemons.
+pub mod exit {
+    /// Bad flags, a bad config or unusable credentials (BSD `EX_USAGE`).
+    pub const USAGE: u8 = 64;
+}
+
+/// The filter used when `BASALT_LOG` is not set.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// `--log-format`: how log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colours only when stderr is a terminal, so a supervisor capturing
+    /// the output (machined's log files) gets no escape codes.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `BASALT_LOG` is not a valid filter.
+    #[error("BASALT_LOG={directives:?} is not a valid log filter")]
+    Filter {
+        /// The rejected directives.
+        directives: String,
+        /// The parser's complaint.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// A global subscriber was already installed.
+    #[error("install the log subscriber: {0}")]
+    Install(String),
+}
+
+/// Installs the global tracing subscriber writing to stderr, filtered by `filter` (the value of
+/// `BASALT_LOG`, read by `main`) or [`DEFAULT_LOG_FILTER`].
+pub fn init_telemetry(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryError> {
+    let filter = match filter {
+        Some(directives) => {
+            EnvFilter::try_new(directives).map_err(|source| TelemetryError::Filter {
+                directives: directives.to_owned(),
+                source,
+            })?
+        }
+        None => EnvFilter::new(DEFAULT_LOG_FILTER),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|err| TelemetryError::Install(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_filter_is_refused_with_its_text() {
+        let err = init_telemetry(LogFormat::Plain, Some("info,=[")).unwrap_err();
+        assert!(err.to_string().contains("info,=["), "{err}");
+    }
+}
