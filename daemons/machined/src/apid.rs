@@ -9,6 +9,8 @@
 //! | `server.crt` | apid's server certificate (PEM) | 0644 |
 //! | `server.key` | its private key (PEM) | 0600 |
 //! | `ca.pem` | the accepted client CAs: `machine.ca.crt` then every `machine.acceptedCAs` entry | 0644 |
+//! | `client.crt` | control planes: apid's `os:impersonator` client certificate, for forwarding | 0644 |
+//! | `client.key` | its private key | 0600 |
 //! | `apid.yaml` | [`basalt_config::ApidConfig`] pointing at the files above and machined's socket | 0600 |
 //! | `audit.log` | written by apid: one JSON line per call | (apid's) |
 //!
@@ -19,9 +21,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use basalt_authz::{Role, RoleSet};
 use basalt_config::fs::{Overwrite, ensure_private_dir, write_atomic};
-use basalt_config::{ApidConfig, ApidTls, AuditSink, MachineConfig, MachineType};
-use basalt_pki::{CertificateAuthority, ServerCertRequest, SubjectAltName};
+use basalt_config::{
+    ApidConfig, ApidTls, AuditSink, ForwardingCredentials, MachineConfig, MachineType,
+};
+use basalt_pki::{CertificateAuthority, ClientCertRequest, ServerCertRequest, SubjectAltName};
 
 /// Lifetime of apid's server certificate (Talos: 24 h).
 pub const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -52,6 +57,13 @@ pub enum Error {
     /// `machine.ca` does not hold a usable CA certificate and key.
     #[error("load the issuing CA from machine.ca")]
     LoadCa {
+        /// What basalt-pki refused.
+        #[source]
+        source: basalt_pki::Error,
+    },
+    /// Issuing the impersonator client certificate failed.
+    #[error("issue apid's os:impersonator client certificate")]
+    IssueClient {
         /// What basalt-pki refused.
         #[source]
         source: basalt_pki::Error,
@@ -108,6 +120,8 @@ pub struct ApidFiles {
     pub key: PathBuf,
     /// `ca.pem`.
     pub ca: PathBuf,
+    /// `client.crt` and `client.key`: the impersonator credentials (control planes only).
+    pub forwarding: ForwardingCredentials,
     /// `apid.yaml`, the argument to `apid --config`.
     pub config: PathBuf,
 }
@@ -120,6 +134,10 @@ impl ApidFiles {
             cert: dir.join("server.crt"),
             key: dir.join("server.key"),
             ca: dir.join("ca.pem"),
+            forwarding: ForwardingCredentials {
+                cert: dir.join("client.crt"),
+                key: dir.join("client.key"),
+            },
             config: dir.join("apid.yaml"),
             dir,
         })
@@ -140,7 +158,8 @@ pub fn prepare(
 ) -> Result<ApidFiles, Error> {
     let files = ApidFiles::under(state_dir)?;
     ensure_private_dir(&files.dir).map_err(|source| Error::CreateDir { source })?;
-    if machine.ca_key().is_some() {
+    let holds_ca_key = machine.ca_key().is_some();
+    if holds_ca_key {
         issue_server_cert(machine, &files, hostname)?;
     }
 
@@ -154,6 +173,9 @@ pub fn prepare(
         machined_socket: absolute(machined_socket)?,
         audit: AuditSink::File(files.dir.join("audit.log")),
         handshake_timeout: basalt_config::apid::DEFAULT_HANDSHAKE_TIMEOUT,
+        // Only a node holding the CA key can mint an impersonator certificate; workers do not
+        // forward (Talos: "no request forwarding").
+        forwarding: holds_ca_key.then(|| files.forwarding.clone()),
     };
     let yaml = config
         .to_yaml()
@@ -169,8 +191,9 @@ pub fn prepare(
     Ok(files)
 }
 
-/// Issues a fresh server certificate (and CA bundle) into `files`. Called by [`prepare`] and
-/// then every [`RENEW_INTERVAL`]; apid picks the new files up when they change.
+/// Issues a fresh server certificate, CA bundle and `os:impersonator` client certificate into
+/// `files`. Called by [`prepare`] and then every [`RENEW_INTERVAL`]; apid picks the new files
+/// up when they change.
 pub fn issue_server_cert(
     machine: &MachineConfig,
     files: &ApidFiles,
@@ -198,7 +221,43 @@ pub fn issue_server_cert(
         })
         .map_err(|source| Error::Issue { source })?;
     let bundle = ca_bundle(machine)?;
-    write_credentials(files, &issued.key_pem, &issued.cert_pem, &bundle)
+    write_credentials(files, &issued.key_pem, &issued.cert_pem, &bundle)?;
+    issue_impersonator_cert(&ca, files, hostname)
+}
+
+/// Issues apid's client certificate for calling other nodes' apids: O=`os:impersonator` only,
+/// so the target honours the `talos-role` apid forwards and nothing else (talos-facts.md §4.3).
+fn issue_impersonator_cert(
+    ca: &CertificateAuthority,
+    files: &ApidFiles,
+    hostname: &str,
+) -> Result<(), Error> {
+    let issued = ca
+        .issue_client(&ClientCertRequest {
+            common_name: Some(format!("apid@{hostname}")),
+            roles: RoleSet::from_iter([Role::Impersonator]),
+            ttl: SERVER_CERT_TTL,
+        })
+        .map_err(|source| Error::IssueClient { source })?;
+    let writes: [(&Path, &[u8], u32, &'static str); 2] = [
+        (
+            &files.forwarding.key,
+            issued.key_pem.as_bytes(),
+            0o600,
+            "impersonator key",
+        ),
+        (
+            &files.forwarding.cert,
+            issued.cert_pem.as_bytes(),
+            0o644,
+            "impersonator certificate",
+        ),
+    ];
+    for (path, bytes, mode, what) in writes {
+        write_atomic(path, bytes, mode, Overwrite::Allow)
+            .map_err(|source| Error::Write { what, source })?;
+    }
+    Ok(())
 }
 
 /// The accepted CAs as one PEM bundle: `machine.ca.crt`, then every `machine.acceptedCAs`
@@ -336,6 +395,24 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sans, sorted);
+    }
+
+    #[test]
+    fn a_control_plane_gets_an_impersonator_cert_for_forwarding() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let files = prepare(
+            &control_plane(),
+            state.path(),
+            "node-1",
+            &state.path().join("machined.sock"),
+        )
+        .expect("prepare");
+        let config = ApidConfig::load(&files.config).expect("apid config");
+        assert_eq!(config.forwarding.as_ref(), Some(&files.forwarding));
+        let pem = std::fs::read_to_string(&files.forwarding.cert).expect("client cert");
+        let identity = basalt_pki::Identity::from_pem(&pem).expect("identity");
+        assert_eq!(identity.roles, RoleSet::from_iter([Role::Impersonator]));
+        assert_eq!(identity.common_name.as_deref(), Some("apid@node-1"));
     }
 
     #[test]

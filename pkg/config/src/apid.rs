@@ -10,7 +10,13 @@
 //! machinedSocket: /state/run/machined.sock
 //! audit: stderr                           # optional, default stderr; or {path: /state/apid/audit.log}
 //! handshakeTimeout: 10s                   # optional, default 10s
+//! forwarding:                             # optional; control planes only
+//!   cert: /state/apid/client.crt          # apid's os:impersonator client certificate (PEM)
+//!   key: /state/apid/client.key           # its private key (PEM)
 //! ```
+//!
+//! Without `forwarding` apid cannot call other nodes' apids and refuses calls that name
+//! another node (as a Talos worker does).
 //!
 //! machined writes this file for the apid it supervises. Loading only reads and validates the
 //! YAML: it never opens the certificate files or binds anything (`apid::Server::bind` does both).
@@ -59,6 +65,28 @@ pub struct ApidConfig {
     pub audit: AuditSink,
     /// `handshakeTimeout`: how long a client gets to complete the TLS handshake.
     pub handshake_timeout: Duration,
+    /// `forwarding`: the `os:impersonator` client credentials apid uses to call other nodes'
+    /// apids. `None` on workers: they do not forward.
+    pub forwarding: Option<ForwardingCredentials>,
+}
+
+/// `forwarding:` — file paths of apid's `os:impersonator` client certificate and key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardingCredentials {
+    /// `cert`: the client certificate (PEM).
+    pub cert: PathBuf,
+    /// `key`: its private key (PEM).
+    pub key: PathBuf,
+}
+
+impl fmt::Debug for ForwardingCredentials {
+    /// The key path is redacted like every other key reference in logged config (STYLE §4).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForwardingCredentials")
+            .field("cert", &self.cert)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `tls:` — file paths of apid's credentials. They are watched and reloaded when they change.
@@ -120,6 +148,10 @@ impl ApidConfig {
             },
             handshake_timeout: (self.handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT)
                 .then(|| format_duration(self.handshake_timeout)),
+            forwarding: self.forwarding.as_ref().map(|creds| RawForwarding {
+                cert: path(&creds.cert),
+                key: path(&creds.key),
+            }),
         }
     }
 }
@@ -212,6 +244,19 @@ impl TryFrom<RawApidConfig> for ApidConfig {
             },
         };
 
+        // `forwarding` is optional as a whole; once present, both paths are required.
+        let forwarding = raw.forwarding.map(|RawForwarding { cert, key }| {
+            (
+                absolute_path(&mut problems, "forwarding.cert", cert),
+                absolute_path(&mut problems, "forwarding.key", key),
+            )
+        });
+        let forwarding = match forwarding {
+            None => Some(None),
+            Some((Some(cert), Some(key))) => Some(Some(ForwardingCredentials { cert, key })),
+            Some(_) => None,
+        };
+
         // Every `None` below was recorded as a problem, so the fallback arm never returns an
         // empty problem list.
         match (
@@ -222,6 +267,7 @@ impl TryFrom<RawApidConfig> for ApidConfig {
             machined_socket,
             audit,
             handshake_timeout,
+            forwarding,
         ) {
             (
                 Some(listen),
@@ -231,12 +277,14 @@ impl TryFrom<RawApidConfig> for ApidConfig {
                 Some(machined_socket),
                 Some(audit),
                 Some(handshake_timeout),
+                Some(forwarding),
             ) if problems.is_empty() => Ok(ApidConfig {
                 listen,
                 tls: ApidTls { cert, key, ca },
                 machined_socket,
                 audit,
                 handshake_timeout,
+                forwarding,
             }),
             _ => Err(problems.into_error(Document::ApidConfig)),
         }
@@ -283,6 +331,9 @@ pub struct RawApidConfig {
     /// `handshakeTimeout`: a duration such as `10s`, `500ms` or `1m30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<String>,
+    /// `forwarding`: the impersonator client credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<RawForwarding>,
 }
 
 impl RawApidConfig {
@@ -310,6 +361,18 @@ pub struct RawApidTls {
     /// `ca`: path of the accepted client CA bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+}
+
+/// `forwarding:` as written in YAML.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with cert and key")]
+pub struct RawForwarding {
+    /// `cert`: path of the impersonator client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// `key`: path of its private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `audit:` as written in YAML: the word `stderr`, or a mapping with `path`.
@@ -414,6 +477,7 @@ tls:
 machinedSocket: /state/run/machined.sock
 audit: {path: /state/apid/audit.log}
 handshakeTimeout: 1m30s
+forwarding: {cert: /state/apid/client.crt, key: /state/apid/client.key}
 ";
 
     const MINIMAL: &str = "\
@@ -430,6 +494,17 @@ machinedSocket: /s/machined.sock
         std::error::Error::source(err)
             .map(ToString::to_string)
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn forwarding_needs_both_absolute_paths() {
+        let config = ApidConfig::from_yaml(FULL).unwrap();
+        let creds = config.forwarding.expect("forwarding");
+        assert_eq!(creds.cert, Path::new("/state/apid/client.crt"));
+        assert!(ApidConfig::from_yaml(MINIMAL).unwrap().forwarding.is_none());
+        let err = ApidConfig::from_yaml(&format!("{MINIMAL}forwarding: {{cert: client.crt}}\n"))
+            .unwrap_err();
+        assert_eq!(problem_keys(&err), ["forwarding.cert", "forwarding.key"]);
     }
 
     #[test]
@@ -596,7 +671,7 @@ handshakeTimeout: 0s
             "audit: [stderr]",
             "listen: {a: b}",
             "\u{0}",
-            &FULL[..FULL.len() / 2],
+            &FULL[..40],
         ] {
             assert!(ApidConfig::from_yaml(text).is_err(), "{text:?}");
         }

@@ -41,7 +41,7 @@ mod token;
 pub mod trustd;
 mod yaml;
 
-pub use apid::{ApidConfig, ApidTls, AuditSink, RawApidConfig};
+pub use apid::{ApidConfig, ApidTls, AuditSink, ForwardingCredentials, RawApidConfig};
 pub use client::{ClientConfig, Context, Rename};
 pub use error::{Document, Error, Problem};
 pub use host::{Endpoint, Host};

@@ -630,6 +630,7 @@ impl Apid {
             machined_socket: socket.clone(),
             audit: AuditSink::File(dir.path().join("audit.log")),
             handshake_timeout: Duration::from_secs(10),
+            forwarding: None,
         };
         adjust(&mut config);
         let bound: Bound = Server::bind(config.clone()).await.expect("bind apid");
