@@ -133,6 +133,29 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    /// `prctl(PR_SET_CHILD_SUBREAPER)` failed.
+    #[error("become a child subreaper")]
+    Subreaper {
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// Listing this process's children (`/proc/self/task/*/children`) failed.
+    #[error("list the children of this process")]
+    ListChildren {
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `waitpid(2)` on a child failed.
+    #[error("reap process {pid}")]
+    Reap {
+        /// The child.
+        pid: u32,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
     /// Changing a path's permission bits failed.
     #[error("set mode {mode:o} on {path}")]
     SetMode {

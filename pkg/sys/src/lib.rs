@@ -13,6 +13,9 @@
 //! - [`open_nonblocking`] (`O_NONBLOCK`, for `/dev/kmsg` and for files that might be FIFOs),
 //!   [`wait_readable`] (`poll(2)`) and [`xattrs`] (extended attributes, through rustix's safe
 //!   wrappers) for machined's file API and Dmesg;
+//! - [`set_child_subreaper`], [`child_pids`], [`peek_exited_child`] and [`reap`] for a
+//!   process that adopts orphans (PID 1 or a subreaper) and must reap them without taking the
+//!   exit status of its own children away from its runtime;
 //! - [`is_running`] and [`kill_process_group`] for daemons known only by a pid file (the local
 //!   cluster `basaltctl cluster` starts detached and stops from a later invocation);
 //! - socket-file preparation for unix-socket servers ([`prepare_socket_dir`],
@@ -33,6 +36,7 @@ mod error;
 mod files;
 mod host;
 mod process;
+mod reap;
 mod socket;
 mod system;
 
@@ -41,6 +45,9 @@ pub use crate::error::Error;
 pub use crate::files::{Xattr, open_nonblocking, wait_readable, xattrs};
 pub use crate::host::{ContainerHost, Host, HostAction, RealHost};
 pub use crate::process::{terminate, terminate_process_group};
+pub use crate::reap::{
+    Reaped, child_pids, is_child_subreaper, peek_exited_child, reap, set_child_subreaper,
+};
 pub use crate::socket::{DirState, prepare_socket_dir, remove_stale_socket, set_mode};
 pub use crate::system::{
     FsStats, Uname, clock_ticks, current_uid, hostname, page_size, statfs, uname,

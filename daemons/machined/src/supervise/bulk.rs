@@ -31,13 +31,14 @@ impl ServiceManager {
     /// returns once every process is gone. The runners stay, idle, ready for
     /// [`ServiceManager::start_all`].
     pub(crate) async fn stop_all(&self) {
-        for level in stop_order(&self.shared.units) {
+        let units = self.shared.snapshot();
+        for level in stop_order(&units) {
             let mut acks = Vec::new();
             for id in level {
                 if self.is_held(&id) {
                     continue;
                 }
-                if let Some(unit) = self.shared.units.get(&id) {
+                if let Some(unit) = units.get(&id) {
                     let (ack, done) = oneshot::channel();
                     if unit.send(Request::Stop(ack)) {
                         acks.push(done);
@@ -55,7 +56,7 @@ impl ServiceManager {
     /// runner has accepted. Use [`ServiceManager::wait_ready`] to learn when they are up.
     pub(crate) async fn start_all(&self) {
         let mut acks = Vec::new();
-        for (id, unit) in &self.shared.units {
+        for (id, unit) in &self.shared.snapshot() {
             if self.is_held(id) {
                 continue;
             }
@@ -81,7 +82,7 @@ impl ServiceManager {
     fn readiness(&self, now: SystemTime) -> (Vec<NotReady>, Option<Duration>) {
         let mut missing = Vec::new();
         let mut soonest: Option<Duration> = None;
-        for (id, unit) in &self.shared.units {
+        for (id, unit) in &self.shared.snapshot() {
             let status = unit.status();
             let reason = match status.state {
                 State::Running if status.has_health_check => {

@@ -46,8 +46,10 @@ async fn exec(spec: &ServiceSpec, argv: &[String]) -> Result<(), String> {
         // A check that times out is dropped, and with it killed.
         .kill_on_drop(true);
     spec.apply_env(&mut command);
-    let status = command
-        .status()
+    let mut child =
+        super::children::spawn(&mut command).map_err(|err| format!("run {program}: {err}"))?;
+    let status = child
+        .wait()
         .await
         .map_err(|err| format!("run {program}: {err}"))?;
     if status.success() {

@@ -18,22 +18,27 @@
 //! - **API control**: start / stop / restart are no-ops when the service is already in the
 //!   wanted state; apid refuses stop and restart because it carries the API.
 //!
-//! Limitations: when machined is PID 1, orphans re-parented to it are not reaped here (that
-//! belongs to the PID-1 init loop); health checks run while the process runs, the first one
-//! after one interval.
+//! - **Live config changes**: [`reconcile`] adds, removes and restarts configured services
+//!   when `machine.services` changes in the active machine config.
+//! - **Orphans**: machined is a child subreaper; what services leave behind is re-parented to
+//!   it and reaped by [`children`], which never takes a supervised child from its runner.
+//!
+//! Limitations: health checks run while the process runs, the first one after one interval.
 
 pub(crate) mod api;
 pub(crate) mod bulk;
+mod children;
 mod health;
 pub(crate) mod output;
+mod reconcile;
 mod runner;
 mod spec;
 mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use basalt_api::{common, machine};
@@ -41,6 +46,7 @@ use basalt_config::ServiceConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+pub use self::children::reap_orphans;
 pub use self::output::LogLimits;
 use self::output::LogSink;
 use self::runner::{Request, Unit};
@@ -87,8 +93,9 @@ impl Default for ServicesConfig {
 /// What runners share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Every service by id.
-    units: BTreeMap<String, Arc<Unit>>,
+    /// Every service by id; changed only by [`ServiceManager::reconcile`] (live config
+    /// changes), so readers take a snapshot or look one id up and never hold the lock.
+    units: RwLock<BTreeMap<String, Arc<Unit>>>,
     /// Where transitions are published.
     events: EventBus,
     /// Bumped on every transition and health change: runners waiting for dependencies
@@ -98,6 +105,43 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     /// SIGTERM → SIGKILL grace period.
     stop_grace: Duration,
+    /// How services added later (live config changes) are registered.
+    registration: Registration,
+    /// Ids of the built-in services (apid, trustd), which config changes never touch.
+    builtin: BTreeSet<String>,
+}
+
+impl Shared {
+    /// The service `id`, if registered.
+    fn unit(&self, id: &str) -> Option<Arc<Unit>> {
+        self.read_units().get(id).cloned()
+    }
+
+    /// Every registered service, as of now.
+    fn snapshot(&self) -> BTreeMap<String, Arc<Unit>> {
+        self.read_units().clone()
+    }
+
+    fn read_units(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Unit>>> {
+        // Writers insert or remove one entry at a time: a poisoned map is still consistent.
+        self.units
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_units(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Unit>>> {
+        self.units
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What registering a configured service needs besides its spec (from [`ServicesConfig`]).
+#[derive(Clone, Debug)]
+struct Registration {
+    log_dir: Option<PathBuf>,
+    log_limits: LogLimits,
+    backoff: Backoff,
 }
 
 /// Services registered but not launched yet, with the receiving ends of their command queues.
@@ -126,6 +170,7 @@ impl ServiceManager {
         if let Some(dir) = &config.log_dir {
             create_log_dir(dir)?;
         }
+        let builtin_ids = builtin.iter().map(|spec| spec.id.clone()).collect();
         let specs = builtin.into_iter().chain(
             config
                 .services
@@ -152,11 +197,17 @@ impl ServiceManager {
         let (closing, _) = watch::channel(false);
         Ok(ServiceManager {
             shared: Arc::new(Shared {
-                units,
+                units: RwLock::new(units),
                 events,
                 topology,
                 shutdown,
                 stop_grace: config.stop_grace,
+                registration: Registration {
+                    log_dir: config.log_dir.clone(),
+                    log_limits: config.log_limits,
+                    backoff: config.backoff,
+                },
+                builtin: builtin_ids,
             }),
             closing,
             pending: Arc::new(Mutex::new(pending)),
@@ -219,7 +270,7 @@ impl ServiceManager {
     /// Every service, sorted by id, as `ServiceList` reports it.
     pub(crate) fn list(&self) -> Vec<machine::ServiceInfo> {
         self.shared
-            .units
+            .snapshot()
             .iter()
             .map(|(id, unit)| unit.status().to_proto(id))
             .collect()
@@ -287,8 +338,7 @@ impl ServiceManager {
     ) -> Result<BoxStream<common::Data>, Error> {
         let unit = self
             .shared
-            .units
-            .get(id)
+            .unit(id)
             .ok_or_else(|| Error::UnknownLog { id: id.to_owned() })?;
         Ok(output::stream(
             &unit.output,
@@ -300,7 +350,7 @@ impl ServiceManager {
 
     /// `LogsContainers`: the ids of the log sources (one per service), sorted.
     pub(crate) fn log_ids(&self) -> Vec<String> {
-        self.shared.units.keys().cloned().collect()
+        self.shared.read_units().keys().cloned().collect()
     }
 
     /// Ends every `Logs` follow stream, so that draining in-flight calls does not wait for
@@ -313,13 +363,14 @@ impl ServiceManager {
     /// ends the runners and waits for them.
     pub(crate) async fn shutdown(&self) {
         self.begin_shutdown();
-        for level in stop_order(&self.shared.units) {
+        let units = self.shared.snapshot();
+        for level in stop_order(&units) {
             let mut acks = Vec::new();
             for id in level {
                 if self.is_held(&id) {
                     continue;
                 }
-                if let Some(unit) = self.shared.units.get(&id) {
+                if let Some(unit) = units.get(&id) {
                     let (ack, done) = oneshot::channel();
                     if unit.send(Request::Stop(ack)) {
                         acks.push(done);
@@ -343,20 +394,20 @@ impl ServiceManager {
         }
     }
 
-    fn unit(&self, id: &str) -> Result<&Arc<Unit>, Error> {
-        self.shared
-            .units
-            .get(id)
-            .ok_or_else(|| Error::UnknownService {
-                service: id.to_owned(),
-            })
+    fn unit(&self, id: &str) -> Result<Arc<Unit>, Error> {
+        self.shared.unit(id).ok_or_else(|| Error::UnknownService {
+            service: id.to_owned(),
+        })
     }
 }
 
 impl fmt::Debug for ServiceManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceManager")
-            .field("services", &self.shared.units.keys().collect::<Vec<_>>())
+            .field(
+                "services",
+                &self.shared.read_units().keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -476,7 +527,7 @@ mod tests {
         )
         .expect("manager");
         assert_eq!(
-            stop_order(&manager.shared.units),
+            stop_order(&manager.shared.snapshot()),
             [vec!["web"], vec!["cache"], vec!["apid", "db"]]
         );
     }
@@ -674,7 +725,7 @@ mod tests {
         )
         .expect("manager");
         manager.launch();
-        let sink = Arc::clone(&manager.shared.units["stubborn"].output);
+        let sink = Arc::clone(&manager.shared.snapshot()["stubborn"].output);
         eventually("ready", || !sink.tail(None).is_empty()).await;
         let started = tokio::time::Instant::now();
         manager.stop("stubborn").await.expect("stop");

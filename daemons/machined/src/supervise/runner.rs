@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use basalt_api::machine;
 use basalt_config::RestartPolicy;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::children::{self, OwnedChild};
 use super::health;
 use super::output::{self, LogSink};
 use super::spec::ServiceSpec;
@@ -36,12 +37,15 @@ use crate::events::EventPayload;
 const DRAIN_OUTPUT: Duration = Duration::from_secs(1);
 
 /// A request to a runner; the sender is answered when the request has been carried out
-/// (for Stop: the process is gone).
+/// (for Stop and Remove: the process is gone).
 #[derive(Debug)]
 pub(crate) enum Request {
     Start(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
     Restart(oneshot::Sender<()>),
+    /// Stop, then end the runner with a last Finished event saying why: the service left the
+    /// machine config, or its spec changed and a successor takes over.
+    Remove(oneshot::Sender<()>, &'static str),
 }
 
 /// One supervised service: its spec, status, output and command queue.
@@ -65,6 +69,27 @@ impl Unit {
             Unit {
                 spec,
                 output: Arc::new(output),
+                status: Mutex::new(status),
+                commands,
+            },
+            receiver,
+        )
+    }
+
+    /// The successor of `old` under a changed spec: same output (ring, file, followers) and
+    /// history of events, so a spec change reads as a restart rather than a new service.
+    pub(crate) fn replacing(
+        spec: ServiceSpec,
+        old: &Unit,
+    ) -> (Self, mpsc::UnboundedReceiver<Request>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let mut status = old.status();
+        status.has_health_check = spec.health.is_some();
+        status.health = Health::default();
+        (
+            Unit {
+                spec,
+                output: Arc::clone(&old.output),
                 status: Mutex::new(status),
                 commands,
             },
@@ -252,7 +277,8 @@ struct Runner {
 
 /// A running process and what watches it.
 struct Running {
-    child: Child,
+    /// Registered with the orphan reaper, which leaves it to this runner.
+    child: OwnedChild,
     pid: u32,
     started: Instant,
     pumps: Vec<JoinHandle<()>>,
@@ -275,11 +301,19 @@ impl Runner {
                     }
                     // Already stopped: nothing to do.
                     Some(Request::Stop(ack)) => { let _ = ack.send(()); }
+                    Some(Request::Remove(ack, reason)) => return self.removed(ack, reason),
                     None => return Phase::Exit,
                 },
                 () = stopped(&mut self.shutdown) => return Phase::Exit,
             }
         }
+    }
+
+    /// The end of a removed service's runner (its process, if any, is already gone).
+    fn removed(&self, ack: oneshot::Sender<()>, reason: &'static str) -> Phase {
+        self.transition(State::Finished, reason);
+        let _ = ack.send(());
+        Phase::Exit
     }
 
     async fn wait_deps(&mut self, commands: &mut mpsc::UnboundedReceiver<Request>) -> Phase {
@@ -292,7 +326,7 @@ impl Runner {
                 .spec
                 .depends_on
                 .iter()
-                .filter(|dep| !self.shared.units.get(*dep).is_some_and(|unit| unit.is_up()))
+                .filter(|dep| !self.shared.unit(dep).is_some_and(|unit| unit.is_up()))
                 .map(String::as_str)
                 .collect();
             if missing.is_empty() {
@@ -313,6 +347,7 @@ impl Runner {
                         let _ = ack.send(());
                         return Phase::Idle;
                     }
+                    Some(Request::Remove(ack, reason)) => return self.removed(ack, reason),
                     None => return Phase::Exit,
                 },
                 () = stopped(&mut self.shutdown) => return Phase::Exit,
@@ -380,6 +415,10 @@ impl Runner {
                         let _ = ack.send(());
                         return Phase::WaitDeps;
                     }
+                    Some(Request::Remove(ack, reason)) => {
+                        self.stop(&mut running).await;
+                        return self.removed(ack, reason);
+                    }
                     None => {
                         self.stop(&mut running).await;
                         return Phase::Exit;
@@ -415,6 +454,7 @@ impl Runner {
                     let _ = ack.send(());
                     Phase::Idle
                 }
+                Some(Request::Remove(ack, reason)) => self.removed(ack, reason),
                 None => Phase::Exit,
             },
             () = stopped(&mut self.shutdown) => Phase::Exit,
@@ -459,11 +499,8 @@ impl Runner {
             command.process_group(0);
         }
         spec.apply_env(&mut command);
-        let mut child = command.spawn()?;
-        let Some(pid) = child.id() else {
-            // Only possible once the child was reaped, which nothing has done yet.
-            return Err(std::io::Error::other("the new process has no pid"));
-        };
+        let mut child = children::spawn(&mut command)?;
+        let pid = child.pid();
         let mut pumps = Vec::with_capacity(2);
         if let Some(stdout) = child.stdout.take() {
             pumps.push(tokio::spawn(output::pump(
