@@ -39,6 +39,21 @@ pub struct TlsConnection {
     pub stream: TlsStream<TcpStream>,
     /// The peer's address as seen by the TCP accept (never taken from anything the peer says).
     pub peer_addr: SocketAddr,
+    /// What [`Admission::admit`] returned for this connection: keep it as long as the
+    /// connection is open (`None` without an admission policy).
+    pub admitted: Option<Admitted>,
+}
+
+/// Held for as long as an admitted connection is open; dropping it releases the connection's
+/// place (e.g. in a per-address count).
+pub type Admitted = Box<dyn std::any::Any + Send + Sync>;
+
+/// Decides right after the TCP accept, before any TLS work, whether a connection may proceed:
+/// for example a per-source-address connection limit.
+pub trait Admission: fmt::Debug + Send + Sync {
+    /// `Ok` lets the connection proceed, counted until the returned value is dropped; `Err`
+    /// closes it at once, with the reason to log.
+    fn admit(&self, peer: SocketAddr) -> Result<Admitted, String>;
 }
 
 /// Accepts TCP connections and runs TLS handshakes concurrently; see the module docs.
@@ -49,6 +64,7 @@ pub struct TlsAcceptLoop {
     handshake_timeout: Duration,
     max_pending: usize,
     stats: HandshakeStatsHandle,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl TlsAcceptLoop {
@@ -65,7 +81,15 @@ impl TlsAcceptLoop {
             handshake_timeout,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
             stats: HandshakeStatsHandle::default(),
+            admission: None,
         }
+    }
+
+    /// Asks `admission` about every accepted connection before its handshake starts; a
+    /// refused one is closed at once and counted ([`HandshakeStats::refused`]).
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// Changes how many handshakes may be in progress at once (at least one).
@@ -121,6 +145,18 @@ impl TlsAcceptLoop {
                     continue;
                 }
             };
+            let admitted = match &self.admission {
+                None => None,
+                Some(admission) => match admission.admit(peer_addr) {
+                    Ok(admitted) => Some(admitted),
+                    Err(reason) => {
+                        // Dropping the socket closes it; no handshake is spent on it.
+                        self.stats.0.refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer.addr = %peer_addr, reason = %reason, "Connection refused");
+                        continue;
+                    }
+                },
+            };
             // Latency matters more than packet count for request/response RPCs.
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(self.config.borrow().clone());
@@ -135,7 +171,13 @@ impl TlsAcceptLoop {
                         stats.0.completed.fetch_add(1, Ordering::Relaxed);
                         debug!(peer.addr = %peer_addr, "TLS handshake completed");
                         // A closed channel means the server is shutting down: drop the stream.
-                        let _ = tx.send(TlsConnection { stream, peer_addr }).await;
+                        let _ = tx
+                            .send(TlsConnection {
+                                stream,
+                                peer_addr,
+                                admitted,
+                            })
+                            .await;
                     }
                     Ok(Err(err)) => {
                         let reason = HandshakeFailure::classify(&err);
@@ -185,6 +227,8 @@ pub enum HandshakeFailure {
     Other,
     /// The client offered no TLS version we accept (apid is TLS 1.3 only).
     ProtocolVersion,
+    /// The client certificate is on the node's revocation list.
+    Revoked,
     /// The handshake did not finish within the handshake timeout.
     Timeout,
     /// The client certificate does not chain to an accepted CA.
@@ -193,7 +237,7 @@ pub enum HandshakeFailure {
 
 impl HandshakeFailure {
     /// Every reason, in declaration order.
-    pub const ALL: [HandshakeFailure; 9] = [
+    pub const ALL: [HandshakeFailure; 10] = [
         HandshakeFailure::BadEku,
         HandshakeFailure::Expired,
         HandshakeFailure::NoCertificate,
@@ -201,6 +245,7 @@ impl HandshakeFailure {
         HandshakeFailure::NotYetValid,
         HandshakeFailure::Other,
         HandshakeFailure::ProtocolVersion,
+        HandshakeFailure::Revoked,
         HandshakeFailure::Timeout,
         HandshakeFailure::UnknownCa,
     ];
@@ -215,6 +260,7 @@ impl HandshakeFailure {
             HandshakeFailure::NotYetValid => "not_yet_valid",
             HandshakeFailure::Other => "other",
             HandshakeFailure::ProtocolVersion => "protocol_version",
+            HandshakeFailure::Revoked => "revoked",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::UnknownCa => "unknown_ca",
         }
@@ -249,6 +295,7 @@ impl HandshakeFailure {
                 }
                 CertificateError::InvalidPurpose
                 | CertificateError::InvalidPurposeContext { .. } => HandshakeFailure::BadEku,
+                CertificateError::Revoked => HandshakeFailure::Revoked,
                 CertificateError::Other(other)
                     if other.0.downcast_ref::<ExtKeyUsageError>().is_some() =>
                 {
@@ -281,8 +328,10 @@ impl fmt::Display for HandshakeFailure {
 pub struct HandshakeStats {
     /// Handshakes that completed.
     pub completed: u64,
+    /// Connections closed right after the accept by the [`Admission`] policy.
+    pub refused: u64,
     /// Failures, indexed like [`HandshakeFailure::ALL`].
-    failed: [u64; 9],
+    failed: [u64; 10],
 }
 
 impl HandshakeStats {
@@ -304,18 +353,20 @@ pub struct HandshakeStatsHandle(Arc<Counters>);
 #[derive(Debug, Default)]
 struct Counters {
     completed: AtomicU64,
-    failed: [AtomicU64; 9],
+    refused: AtomicU64,
+    failed: [AtomicU64; 10],
 }
 
 impl HandshakeStatsHandle {
     /// The counters as they are now.
     pub fn snapshot(&self) -> HandshakeStats {
-        let mut failed = [0; 9];
+        let mut failed = [0; 10];
         for (slot, counter) in failed.iter_mut().zip(&self.0.failed) {
             *slot = counter.load(Ordering::Relaxed);
         }
         HandshakeStats {
             completed: self.0.completed.load(Ordering::Relaxed),
+            refused: self.0.refused.load(Ordering::Relaxed),
             failed,
         }
     }
@@ -334,8 +385,9 @@ fn index(reason: HandshakeFailure) -> usize {
         HandshakeFailure::NotYetValid => 4,
         HandshakeFailure::Other => 5,
         HandshakeFailure::ProtocolVersion => 6,
-        HandshakeFailure::Timeout => 7,
-        HandshakeFailure::UnknownCa => 8,
+        HandshakeFailure::Revoked => 7,
+        HandshakeFailure::Timeout => 8,
+        HandshakeFailure::UnknownCa => 9,
     }
 }
 
@@ -380,7 +432,7 @@ mod tests {
                 HandshakeFailure::BadEku,
             ),
             (eku.into(), HandshakeFailure::BadEku),
-            (CertificateError::Revoked.into(), HandshakeFailure::Other),
+            (CertificateError::Revoked.into(), HandshakeFailure::Revoked),
             (
                 PeerIncompatible::SupportedVersionsExtensionRequired.into(),
                 HandshakeFailure::ProtocolVersion,

@@ -31,6 +31,7 @@ mod csr;
 mod der;
 mod error;
 mod identity;
+mod issuer;
 mod key;
 mod name;
 mod pem;
@@ -44,6 +45,7 @@ pub use crate::ca::{
 pub use crate::csr::{Csr, build_csr};
 pub use crate::error::Error;
 pub use crate::identity::{ExtKeyUsage, Identity};
+pub use crate::issuer::{is_issued_by, issuer_common_name};
 pub use crate::key::{KeyAlgorithm, PrivateKey};
 pub use crate::name::{
     MAX_COMMON_NAME_LEN, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, MAX_ORGANIZATION_LEN, SubjectAltName,
@@ -52,7 +54,8 @@ pub use crate::name::{
 pub use crate::pem::{certificates_from_pem, certificates_to_pem};
 pub use crate::policy::{DEFAULT_CSR_TTL, DEFAULT_MAX_CSR_BYTES, DEFAULT_MAX_SANS, SigningPolicy};
 pub use crate::tls::{
-    TlsError, client_config, server_config_for_apid, server_config_without_client_auth,
+    RevocationCheck, TlsError, client_config, server_config_for_apid,
+    server_config_for_apid_with_revocation, server_config_without_client_auth,
 };
 
 /// Installs ring as the process-wide rustls crypto provider.

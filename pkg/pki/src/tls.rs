@@ -120,12 +120,30 @@ pub fn server_config_for_apid(
     key_pem: &[u8],
     ca_bundle_pem: &[u8],
 ) -> Result<ServerConfig, TlsError> {
+    server_config_for_apid_with_revocation(cert_chain_pem, key_pem, ca_bundle_pem, None)
+}
+
+/// [`server_config_for_apid`], and a client certificate that `revocation` reports as revoked
+/// is refused with [`CertificateError::Revoked`] after the chain and EKU checks passed.
+///
+/// `revocation` is consulted at every handshake, so a deny list that changes applies to the
+/// next connection without rebuilding the config.
+pub fn server_config_for_apid_with_revocation(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    ca_bundle_pem: &[u8],
+    revocation: Option<Arc<dyn RevocationCheck>>,
+) -> Result<ServerConfig, TlsError> {
     let provider = crypto_provider();
     let roots = Arc::new(root_store(ca_bundle_pem)?);
     let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(TlsError::ClientVerifier)?;
-    let verifier = Arc::new(ClientAuthOnlyVerifier::new(webpki));
+    let mut verifier = ClientAuthOnlyVerifier::new(webpki);
+    if let Some(revocation) = revocation {
+        verifier = verifier.with_revocation(revocation);
+    }
+    let verifier = Arc::new(verifier);
 
     let chain = certificates_from_pem(cert_chain_pem).map_err(TlsError::ReadCertificate)?;
     let key = private_key_der(key_pem)?;
@@ -222,6 +240,16 @@ fn private_key_der(key_pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     )))
 }
 
+/// Answers whether a client certificate is on a deny list (apid's revocation list).
+///
+/// Called from the TLS handshake with the verified leaf's serial (lowercase hex, no leading
+/// zeros, as [`Identity::serial`]) and SHA-256 fingerprint (lowercase hex); it must be quick
+/// and must not block.
+pub trait RevocationCheck: fmt::Debug + Send + Sync {
+    /// Whether the certificate with this serial or fingerprint is revoked.
+    fn is_revoked(&self, serial: &str, fingerprint: &str) -> bool;
+}
+
 // === impl ClientAuthOnlyVerifier ===
 
 /// Wraps a chain-verifying [`ClientCertVerifier`] (webpki) and additionally requires the leaf's
@@ -232,12 +260,22 @@ fn private_key_der(key_pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// check runs first, so a certificate from an unknown CA is reported as such.
 pub struct ClientAuthOnlyVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    revocation: Option<Arc<dyn RevocationCheck>>,
 }
 
 impl ClientAuthOnlyVerifier {
     /// Wraps `inner`, which must verify the chain (and should require a certificate).
     pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            revocation: None,
+        }
+    }
+
+    /// Also refuses a leaf that `revocation` lists ([`CertificateError::Revoked`]).
+    pub fn with_revocation(mut self, revocation: Arc<dyn RevocationCheck>) -> Self {
+        self.revocation = Some(revocation);
+        self
     }
 }
 
@@ -245,6 +283,7 @@ impl fmt::Debug for ClientAuthOnlyVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientAuthOnlyVerifier")
             .field("inner", &self.inner)
+            .field("revocation", &self.revocation)
             .finish()
     }
 }
@@ -279,6 +318,12 @@ impl ClientCertVerifier for ClientAuthOnlyVerifier {
                 ))))
                 .into(),
             );
+        }
+        // Last: only a certificate that would otherwise be accepted is reported as revoked.
+        if let Some(revocation) = &self.revocation
+            && revocation.is_revoked(&identity.serial, &identity.fingerprint)
+        {
+            return Err(CertificateError::Revoked.into());
         }
         Ok(verified)
     }
@@ -595,6 +640,41 @@ mod tests {
             pki.ca.cert_pem().as_bytes(),
         )
         .expect("server config");
+    }
+
+    /// A deny list of one serial, for the revocation test.
+    #[derive(Debug)]
+    struct DenySerial(String);
+
+    impl RevocationCheck for DenySerial {
+        fn is_revoked(&self, serial: &str, _fingerprint: &str) -> bool {
+            serial == self.0
+        }
+    }
+
+    #[test]
+    fn revoked_client_certificate_is_refused_and_others_are_not() {
+        let pki = pki();
+        let (revoked_cert, revoked_key) = client_cert(&pki.ca);
+        let (good_cert, good_key) = client_cert(&pki.ca);
+        let serial = Identity::from_pem(&revoked_cert).expect("identity").serial;
+        let server = || {
+            server_config_for_apid_with_revocation(
+                pki.server_cert.as_bytes(),
+                pki.server_key.as_bytes(),
+                pki.ca.cert_pem().as_bytes(),
+                Some(Arc::new(DenySerial(serial.clone()))),
+            )
+            .expect("server config")
+        };
+        let err = handshake(server(), client_with(&pki, &revoked_cert, &revoked_key))
+            .expect_err("revoked certificate accepted");
+        assert_eq!(
+            err,
+            rustls::Error::InvalidCertificate(CertificateError::Revoked)
+        );
+        handshake(server(), client_with(&pki, &good_cert, &good_key))
+            .expect("a certificate not on the list is accepted");
     }
 
     #[test]
