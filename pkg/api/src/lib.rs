@@ -34,7 +34,10 @@ pub mod securityapi {
 pub mod basalt {
     /// The `basalt.v1` package: `DiagnosticsService` (Echo, Generate, Collect) for tests and
     /// benchmarks, and `ConfigService` (`proto/basalt/v1/config.proto`: machine-config
-    /// history, rollback, TRY confirmation). One proto package, so one generated module.
+    /// history, rollback, TRY confirmation) and `CertificateService`
+    /// (`proto/basalt/v1/certs.proto`: the node's CAs and certificates with their expiry), and
+    /// `RevocationService` (`proto/basalt/v1/revocation.proto`: the client-certificate deny
+    /// list). One proto package, so one generated module.
     #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("basalt.v1");

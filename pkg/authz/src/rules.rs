@@ -222,6 +222,12 @@ const BASALT_RULES: &[(&str, &[Role])] = &[
     ("/basalt.v1.ConfigService/Rollback", A),
     ("/basalt.v1.ConfigService/Confirm", A),
     ("/basalt.v1.ConfigService/Get", A),
+    // Revoke cuts a client off (and could lock other admins out): admin only. The list shows
+    // serials, reasons and who revoked them, like History: every reading role.
+    ("/basalt.v1.RevocationService/Revoke", A),
+    ("/basalt.v1.RevocationService/ListRevoked", AOR),
+    // Public certificate fields only (no keys): every reading role may see what expires.
+    ("/basalt.v1.CertificateService/Status", AOR),
 ];
 
 #[cfg(test)]

@@ -120,6 +120,8 @@ pub struct Client {
     /// Kept to dial again when a failure needs diagnosing ([`Client::diagnose`]).
     tls: TlsConnector,
     connect_timeout: Duration,
+    /// How many per-node calls [`Client::each_node`] runs at once.
+    pub(crate) concurrency: usize,
 }
 
 impl Client {
@@ -143,6 +145,7 @@ impl Client {
                         nodes: target.nodes.clone(),
                         tls,
                         connect_timeout: options.connect_timeout,
+                        concurrency: crate::limit::DEFAULT_CONCURRENCY,
                     });
                 }
                 Err(err) => {

@@ -16,7 +16,8 @@
 //!   a dead node (user-asks §1b rows 12–13).
 //! - **Node targeting** ([`Client::each_node`], [`NodeResult`]): as talosctl v1.14, one call per
 //!   node with metadata `node: <node>`, or one call without routing metadata when no nodes are
-//!   set; results come back per node, in order.
+//!   set; results come back per node, in order, with at most [`Client::concurrency`] calls in
+//!   flight ([`bounded`]).
 //!
 //! # What it must not do
 //!
@@ -49,6 +50,7 @@ mod connect;
 mod credentials;
 mod endpoint;
 mod error;
+mod limit;
 mod nodes;
 
 pub use crate::connect::{
@@ -57,6 +59,7 @@ pub use crate::connect::{
 pub use crate::credentials::Credentials;
 pub use crate::endpoint::{ApidEndpoint, parse_endpoints};
 pub use crate::error::Error;
+pub use crate::limit::{DEFAULT_CONCURRENCY, bounded};
 pub use crate::nodes::{NodeResult, targeted_request};
 
 /// The port an endpoint without one is dialed on (Talos's apid port).

@@ -1,6 +1,7 @@
 //! Node targeting as talosctl v1.14 does it (talos-facts §1.9): one call per node, each with
 //! metadata `node: <node>`, answered one-to-one; without nodes, one call to the endpoint with no
-//! routing metadata. The legacy one-to-many `nodes` key is never sent.
+//! routing metadata. The legacy one-to-many `nodes` key is never sent. At most
+//! [`Client::concurrency`] calls are in flight at once ([`crate::bounded`]).
 
 use std::future::Future;
 
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::connect::Client;
 use crate::error::{Diagnosis, Error, chain, diagnose_status};
+use crate::limit::bounded;
 
 /// The outcome of one call on one node.
 #[derive(Debug)]
@@ -36,11 +38,38 @@ impl<T> NodeResult<T> {
 }
 
 impl Client {
-    /// Calls `call` once per target node, concurrently, and returns the results in node order.
+    /// The same connection running at most `limit` per-node calls at once (0 counts as 1).
+    pub fn with_concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = limit.max(1);
+        self
+    }
+
+    /// How many per-node calls [`Client::each_node`] runs at once (default
+    /// [`crate::DEFAULT_CONCURRENCY`]).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The targets of [`Client::each_node`]: `(name to report, node metadata)` per node, or
+    /// the endpoint (`host:port`) without metadata when no nodes are set.
+    pub fn targets(&self) -> Vec<(String, Option<String>)> {
+        if self.nodes().is_empty() {
+            vec![(self.endpoint().to_string(), None)]
+        } else {
+            self.nodes()
+                .iter()
+                .map(|node| (node.clone(), Some(node.clone())))
+                .collect()
+        }
+    }
+
+    /// Calls `call` once per target node, at most [`Client::concurrency`] at a time, and
+    /// returns the results in node order.
     ///
     /// `call` gets a clone of this client and a request carrying `message` and, when nodes are
     /// set, the `node` metadata; it returns the future of one RPC, e.g.
-    /// `|client, request| async move { client.machine().version(request).await }`.
+    /// `|client, request| async move { client.machine().version(request).await }`. For a
+    /// streaming RPC the limit bounds opening the streams, not reading them.
     pub async fn each_node<M, T, F, Fut>(&self, message: M, call: F) -> Vec<NodeResult<T>>
     where
         M: Clone,
@@ -48,39 +77,32 @@ impl Client {
         F: Fn(Client, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
     {
-        let endpoint = self.endpoint().to_string();
-        let targets: Vec<(String, Option<&str>)> = if self.nodes().is_empty() {
-            vec![(endpoint.clone(), None)]
-        } else {
-            self.nodes()
-                .iter()
-                .map(|node| (node.clone(), Some(node.as_str())))
-                .collect()
-        };
+        let targets = self.targets();
+        let mut names = Vec::with_capacity(targets.len());
+        let mut calls = Vec::with_capacity(targets.len());
+        for (name, node) in targets {
+            // A node name that cannot be metadata fails alone, without a call.
+            let call = match targeted_request(node.as_deref(), message.clone()) {
+                Ok(request) => CallOrRefusal::Call(call(self.clone(), request)),
+                Err(err) => CallOrRefusal::Refused(Status::invalid_argument(err.to_string())),
+            };
+            names.push(name);
+            calls.push(call.run());
+        }
 
-        // Spawn every call first so they run concurrently, then collect in node order.
-        let pending: Vec<_> = targets
+        let outputs = bounded(self.concurrency, calls).await;
+        let mut results: Vec<NodeResult<T>> = names
             .into_iter()
-            .map(|(name, node)| {
-                let task = targeted_request(node, message.clone())
-                    .map(|request| tokio::spawn(call(self.clone(), request)))
-                    .map_err(|err| Status::invalid_argument(err.to_string()));
-                (name, task)
-            })
-            .collect();
-
-        let mut results = Vec::with_capacity(pending.len());
-        for (node, task) in pending {
-            let result = match task {
-                Ok(task) => match task.await {
+            .zip(outputs)
+            .map(|(node, output)| {
+                let result = match output {
                     Ok(Ok(response)) => Ok(response.into_inner()),
                     Ok(Err(status)) => Err(status),
                     Err(join) => Err(Status::internal(format!("the call task failed: {join}"))),
-                },
-                Err(status) => Err(status),
-            };
-            results.push(NodeResult { node, result });
-        }
+                };
+                NodeResult { node, result }
+            })
+            .collect();
         self.explain_failures(&mut results).await;
         results
     }
@@ -166,6 +188,24 @@ impl Client {
             client.machine().system_stat(request).await
         })
         .await
+    }
+}
+
+/// One node's call, or why it was not made.
+enum CallOrRefusal<Fut> {
+    Call(Fut),
+    Refused(Status),
+}
+
+impl<T, Fut> CallOrRefusal<Fut>
+where
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
+    async fn run(self) -> Result<Response<T>, Status> {
+        match self {
+            CallOrRefusal::Call(call) => call.await,
+            CallOrRefusal::Refused(status) => Err(status),
+        }
     }
 }
 

@@ -10,6 +10,9 @@
 //! machinedSocket: /state/run/machined.sock
 //! audit: stderr                           # optional, default stderr; or {path: /state/apid/audit.log}
 //! handshakeTimeout: 10s                   # optional, default 10s
+//! metrics: 127.0.0.1:9100                 # optional, default off: Prometheus text on GET /metrics
+//! revocation: /state/apid/revoked.yaml    # optional: the deny list machined writes (watched)
+//! limits: {requestsPerSecond: 100}        # optional: per-client limits, see [`crate::limits`]
 //! forwarding:                             # optional; control planes only
 //!   cert: /state/apid/client.crt          # apid's os:impersonator client certificate (PEM)
 //!   key: /state/apid/client.key           # its private key (PEM)
@@ -31,6 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Problems;
+use crate::limits::{ApidLimits, RawApidLimits};
 use crate::machine::DEFAULT_APID_LISTEN;
 use crate::{Document, Error, yaml};
 
@@ -68,6 +72,14 @@ pub struct ApidConfig {
     /// `forwarding`: the `os:impersonator` client credentials apid uses to call other nodes'
     /// apids. `None` on workers: they do not forward.
     pub forwarding: Option<ForwardingCredentials>,
+    /// `metrics`: where to serve Prometheus metrics (plain HTTP, `GET /metrics`); `None` (the
+    /// default) serves none. Meant for a loopback or management address: it is unauthenticated.
+    pub metrics: Option<SocketAddr>,
+    /// `revocation`: the client-certificate deny list machined writes (YAML, watched and
+    /// reloaded by apid). `None`: nothing is revoked.
+    pub revocation: Option<PathBuf>,
+    /// `limits`: per-client request rate, in-flight calls and connections per address.
+    pub limits: ApidLimits,
 }
 
 /// `forwarding:` — file paths of apid's `os:impersonator` client certificate and key.
@@ -152,6 +164,9 @@ impl ApidConfig {
                 cert: path(&creds.cert),
                 key: path(&creds.key),
             }),
+            metrics: self.metrics.map(|addr| addr.to_string()),
+            revocation: self.revocation.as_deref().and_then(path),
+            limits: self.limits.to_raw(),
         }
     }
 }
@@ -257,6 +272,14 @@ impl TryFrom<RawApidConfig> for ApidConfig {
             Some(_) => None,
         };
 
+        // A bad address is a problem like any other; `None` here then never reaches `Ok`.
+        let metrics = metrics_address(&mut problems, "metrics", raw.metrics);
+        // Optional as a whole; once given it must be an absolute path (a problem otherwise).
+        let revocation = raw
+            .revocation
+            .and_then(|path| absolute_path(&mut problems, "revocation", Some(path)));
+        let limits = ApidLimits::validate(&mut problems, "limits", raw.limits);
+
         // Every `None` below was recorded as a problem, so the fallback arm never returns an
         // empty problem list.
         match (
@@ -285,6 +308,9 @@ impl TryFrom<RawApidConfig> for ApidConfig {
                 audit,
                 handshake_timeout,
                 forwarding,
+                metrics,
+                revocation,
+                limits,
             }),
             _ => Err(problems.into_error(Document::ApidConfig)),
         }
@@ -334,6 +360,15 @@ pub struct RawApidConfig {
     /// `forwarding`: the impersonator client credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<RawForwarding>,
+    /// `metrics`: `address:port` of the Prometheus endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// `revocation`: path of the deny list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<String>,
+    /// `limits`: per-client limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawApidLimits>,
 }
 
 impl RawApidConfig {
@@ -395,6 +430,25 @@ pub struct RawAuditFile {
 }
 
 // === validation helpers ===
+
+/// An optional `address:port` for a metrics endpoint; a bad value is recorded as a problem.
+pub(crate) fn metrics_address(
+    problems: &mut Problems,
+    key: &str,
+    value: Option<String>,
+) -> Option<SocketAddr> {
+    let text = value?;
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(
+                key,
+                format!("{text:?} is not an address:port such as 127.0.0.1:9100"),
+            );
+            None
+        }
+    }
+}
 
 /// A required, non-empty, absolute path.
 pub(crate) fn absolute_path(

@@ -7,7 +7,8 @@
 //!   [`MachineConfig`], with every problem reported at once in one [`Error::Invalid`].
 //! - [`service`]: `machine.services`, the processes machined supervises (validated names,
 //!   restart policies, dependencies without cycles, health checks).
-//! - [`secrets`]: the cluster secrets bundle, drop-in compatible with Talos's `secrets.yaml`.
+//! - [`secrets`]: the cluster secrets bundle, drop-in compatible with Talos's `secrets.yaml`;
+//!   [`secrets_age`]: the same bundle age-encrypted at rest (x25519 recipients).
 //! - [`client`]: the CLI's client config in Talos's talosconfig layout, with talosctl's merge
 //!   rule.
 //! - [`apid`] and [`trustd`]: the daemons' own config files, written by machined.
@@ -33,9 +34,11 @@ pub mod client;
 mod error;
 pub mod fs;
 mod host;
+pub mod limits;
 pub mod machine;
 mod pem;
 pub mod secrets;
+pub mod secrets_age;
 pub mod service;
 mod token;
 pub mod trustd;
@@ -45,6 +48,7 @@ pub use apid::{ApidConfig, ApidTls, AuditSink, ForwardingCredentials, RawApidCon
 pub use client::{ClientConfig, Context, Rename};
 pub use error::{Document, Error, Problem};
 pub use host::{Endpoint, Host};
+pub use limits::{ApidLimits, RawApidLimits};
 pub use machine::{
     APID_PORT, DEFAULT_APID_LISTEN, DEFAULT_TRUSTD_LISTEN, MachineConfig, MachineType,
     RawMachineConfig, TRUSTD_PORT,

@@ -6,13 +6,17 @@
 //! machine:
 //!   type: controlplane                      # or worker
 //!   token: abcdef.0123456789abcdef          # trustd join token
-//!   acceptedTokens: [...]                   # optional: retired tokens still accepted
+//!   acceptedTokens:                         # optional: retired tokens still accepted
+//!     - ghijkl.0123456789abcdef             #   until removed, or
+//!     - {token: mnopqr.0123456789abcdef, expires: 2030-01-01T00:00:00Z}  # until then
 //!   ca: {crt: <base64 PEM>, key: <base64 PEM>}  # key on controlplane only
 //!   acceptedCAs: [{crt: <base64 PEM>}]      # optional: CA rotation
 //!   certSANs: [10.0.0.1, node.example]      # optional
 //!   hostname: node-1                        # optional
 //!   apid: {listen: "0.0.0.0:50000"}         # optional
 //!   trustd: {listen: "0.0.0.0:50001"}       # optional
+//!   metrics: {apid: "127.0.0.1:9100", trustd: "127.0.0.1:9101"}  # optional, off by default
+//!   apidLimits: {requestsPerSecond: 100}    # optional: apid's per-client limits, see [`crate::limits`]
 //!   services: [...]                         # optional: supervised processes, see [`crate::service`]
 //! cluster:
 //!   name: dev
@@ -26,15 +30,20 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::error::Problems;
 use crate::host::{Endpoint, Host, dns_name_problem};
+use crate::limits::{ApidLimits, RawApidLimits};
 use crate::pem::{self, Base64Pem};
 use crate::secrets::SecretsBundle;
 use crate::service::{RawService, ServiceConfig, validate_services};
 use crate::token::TOKEN_FORMAT;
+use crate::trustd::{AcceptedToken, RawAcceptedToken};
 use crate::{Document, Error, Token, yaml};
 
 /// apid's TCP port (Talos's).
@@ -101,7 +110,7 @@ impl FromStr for MachineType {
 pub struct MachineConfig {
     machine_type: MachineType,
     token: Token,
-    accepted_tokens: Vec<Token>,
+    accepted_tokens: Vec<AcceptedToken>,
     ca_crt: Base64Pem,
     ca_key: Option<Base64Pem>,
     accepted_cas: Vec<Base64Pem>,
@@ -109,6 +118,9 @@ pub struct MachineConfig {
     hostname: Option<String>,
     apid_listen: SocketAddr,
     trustd_listen: SocketAddr,
+    apid_metrics: Option<SocketAddr>,
+    trustd_metrics: Option<SocketAddr>,
+    apid_limits: ApidLimits,
     services: Vec<ServiceConfig>,
     cluster_name: String,
     endpoints: Vec<Endpoint>,
@@ -158,7 +170,7 @@ impl MachineConfig {
                 accepted_tokens: self
                     .accepted_tokens
                     .iter()
-                    .map(|t| t.as_str().to_owned())
+                    .map(RawMachineToken::from_accepted)
                     .collect(),
                 ca: Some(RawCa {
                     crt: Some(self.ca_crt.clone()),
@@ -175,6 +187,13 @@ impl MachineConfig {
                 hostname: self.hostname.clone(),
                 apid: listener(self.apid_listen, DEFAULT_APID_LISTEN),
                 trustd: listener(self.trustd_listen, DEFAULT_TRUSTD_LISTEN),
+                metrics: (self.apid_metrics.is_some() || self.trustd_metrics.is_some()).then(
+                    || RawMetrics {
+                        apid: self.apid_metrics.map(|addr| addr.to_string()),
+                        trustd: self.trustd_metrics.map(|addr| addr.to_string()),
+                    },
+                ),
+                apid_limits: self.apid_limits.to_raw(),
                 services: self.services.iter().map(ServiceConfig::to_raw).collect(),
             },
             cluster: RawCluster {
@@ -194,8 +213,9 @@ impl MachineConfig {
         &self.token
     }
 
-    /// `machine.acceptedTokens`: retired tokens trustd still accepts during rotation.
-    pub fn accepted_tokens(&self) -> &[Token] {
+    /// `machine.acceptedTokens`: retired tokens trustd still accepts during rotation, each
+    /// until its `expires` (if any).
+    pub fn accepted_tokens(&self) -> &[AcceptedToken] {
         &self.accepted_tokens
     }
 
@@ -233,6 +253,22 @@ impl MachineConfig {
     /// `machine.trustd.listen`, or [`DEFAULT_TRUSTD_LISTEN`].
     pub fn trustd_listen(&self) -> SocketAddr {
         self.trustd_listen
+    }
+
+    /// `machine.metrics.apid`: where apid serves Prometheus metrics; `None` (default): nowhere.
+    pub fn apid_metrics(&self) -> Option<SocketAddr> {
+        self.apid_metrics
+    }
+
+    /// `machine.metrics.trustd`: where trustd serves Prometheus metrics; `None` (default):
+    /// nowhere.
+    pub fn trustd_metrics(&self) -> Option<SocketAddr> {
+        self.trustd_metrics
+    }
+
+    /// `machine.apidLimits`: apid's per-client limits (defaults where not set).
+    pub fn apid_limits(&self) -> ApidLimits {
+        self.apid_limits
     }
 
     /// `machine.services`: the processes machined supervises besides apid and trustd, in
@@ -281,12 +317,16 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
 
         let token = required(&mut problems, "machine.token", machine.token)
             .and_then(|text| parse_token(&mut problems, "machine.token", &text));
-        let accepted_tokens: Vec<Token> = machine
+        let accepted_tokens: Vec<AcceptedToken> = machine
             .accepted_tokens
             .iter()
             .enumerate()
-            .filter_map(|(i, text)| {
-                parse_token(&mut problems, &format!("machine.acceptedTokens[{i}]"), text)
+            .filter_map(|(i, entry)| {
+                parse_accepted_token(
+                    &mut problems,
+                    &format!("machine.acceptedTokens[{i}]"),
+                    entry,
+                )
             })
             .collect();
 
@@ -354,6 +394,13 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
             );
         }
 
+        let metrics = machine.metrics.unwrap_or_default();
+        let apid_metrics =
+            crate::apid::metrics_address(&mut problems, "machine.metrics.apid", metrics.apid);
+        let trustd_metrics =
+            crate::apid::metrics_address(&mut problems, "machine.metrics.trustd", metrics.trustd);
+        let apid_limits =
+            ApidLimits::validate(&mut problems, "machine.apidLimits", machine.apid_limits);
         let services = validate_services(&mut problems, machine.services);
 
         let cluster_name = required(&mut problems, "cluster.name", cluster.name)
@@ -400,6 +447,9 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
                 hostname: machine.hostname,
                 apid_listen,
                 trustd_listen,
+                apid_metrics,
+                trustd_metrics,
+                apid_limits,
                 services,
                 cluster_name,
                 endpoints,
@@ -491,9 +541,9 @@ pub struct RawMachine {
     /// `token`: the trustd join token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// `acceptedTokens`: retired join tokens still accepted.
+    /// `acceptedTokens`: retired join tokens still accepted, optionally until an expiry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub accepted_tokens: Vec<String>,
+    pub accepted_tokens: Vec<RawMachineToken>,
     /// `ca`: the issuing CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<RawCa>,
@@ -512,6 +562,12 @@ pub struct RawMachine {
     /// `trustd`: trustd settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trustd: Option<RawListener>,
+    /// `metrics`: Prometheus endpoints of apid and trustd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<RawMetrics>,
+    /// `apidLimits`: apid's per-client limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apid_limits: Option<RawApidLimits>,
     /// `services`: supervised processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<RawService>,
@@ -530,6 +586,8 @@ impl fmt::Debug for RawMachine {
             .field("hostname", &self.hostname)
             .field("apid", &self.apid)
             .field("trustd", &self.trustd)
+            .field("metrics", &self.metrics)
+            .field("apid_limits", &self.apid_limits)
             .field("services", &self.services)
             .finish()
     }
@@ -570,6 +628,20 @@ pub struct RawListener {
     pub listen: Option<String>,
 }
 
+/// `machine.metrics:` — where apid and trustd serve Prometheus metrics (plain HTTP,
+/// `GET /metrics`, unauthenticated: use a loopback or management address). Each is optional;
+/// an unset one is off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with apid and/or trustd")]
+pub struct RawMetrics {
+    /// `apid`: `address:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apid: Option<String>,
+    /// `trustd`: `address:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trustd: Option<String>,
+}
+
 /// `cluster:` as written in YAML.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a cluster section mapping")]
@@ -595,6 +667,87 @@ fn parse_token(problems: &mut Problems, key: &str, text: &str) -> Option<Token> 
     Token::parse(text)
         .map_err(|_| problems.push(key, format!("must look like {TOKEN_FORMAT}")))
         .ok()
+}
+
+/// One `machine.acceptedTokens` entry: a plain token, or `{token, expires}`.
+fn parse_accepted_token(
+    problems: &mut Problems,
+    key: &str,
+    entry: &RawMachineToken,
+) -> Option<AcceptedToken> {
+    let (token, expires) = match entry {
+        RawMachineToken::Plain(text) => (parse_token(problems, key, text), None),
+        RawMachineToken::Expiring(raw) => {
+            let token = match &raw.token {
+                Some(text) => parse_token(problems, &format!("{key}.token"), text),
+                None => {
+                    problems.push(format!("{key}.token"), "is required");
+                    None
+                }
+            };
+            (token, raw.expires.as_ref())
+        }
+    };
+    let expires = match expires {
+        None => Some(None),
+        Some(text) => match OffsetDateTime::parse(text, &Rfc3339) {
+            Ok(at) => Some(Some(SystemTime::from(at))),
+            Err(_) => {
+                problems.push(
+                    format!("{key}.expires"),
+                    format!("{text:?} is not an RFC 3339 time such as 2030-01-01T00:00:00Z"),
+                );
+                None
+            }
+        },
+    };
+    Some(AcceptedToken {
+        token: token?,
+        expires: expires?,
+    })
+}
+
+/// One entry of `machine.acceptedTokens` as written in YAML: a bare token (accepted until
+/// removed) or a mapping with `token` and an optional RFC 3339 `expires`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a token, or a mapping with token and optional expires"
+)]
+pub enum RawMachineToken {
+    /// `- abcdef.0123456789abcdef`
+    Plain(String),
+    /// `- {token: abcdef.0123456789abcdef, expires: 2030-01-01T00:00:00Z}`
+    Expiring(RawAcceptedToken),
+}
+
+impl RawMachineToken {
+    /// The YAML form of a validated entry.
+    pub fn from_accepted(accepted: &AcceptedToken) -> Self {
+        let token = accepted.token.as_str().to_owned();
+        match accepted.expires {
+            None => RawMachineToken::Plain(token),
+            Some(at) => RawMachineToken::Expiring(RawAcceptedToken {
+                token: Some(token),
+                // A parsed expiry always formats; if it ever did not, write the epoch so the
+                // token reads as expired rather than as valid forever.
+                expires: Some(
+                    OffsetDateTime::from(at)
+                        .format(&Rfc3339)
+                        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned()),
+                ),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RawMachineToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawMachineToken::Plain(_) => f.write_str("Plain(<redacted>)"),
+            RawMachineToken::Expiring(raw) => f.debug_tuple("Expiring").field(raw).finish(),
+        }
+    }
 }
 
 /// A CA certificate must look like one, and must not smuggle a private key along: `crt`
@@ -760,6 +913,52 @@ mod tests {
     fn parse_error_text(err: &Error) -> String {
         assert!(matches!(err, Error::Parse { .. }), "{err:?}");
         std::error::Error::source(err).unwrap().to_string()
+    }
+
+    #[test]
+    fn accepted_tokens_may_carry_an_expiry_that_round_trips() {
+        let text = worker_yaml().replace(
+            "  ca:\n",
+            "  acceptedTokens:\n    - zyxwvu.fedcba9876543210\n    \
+             - {token: ghijkl.0123456789abcdef, expires: 2030-01-01T00:00:00Z}\n  ca:\n",
+        );
+        let config = MachineConfig::from_yaml(&text).unwrap();
+        let tokens = config.accepted_tokens();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].expires, None);
+        assert_eq!(tokens[1].token.as_str(), "ghijkl.0123456789abcdef");
+        let at = OffsetDateTime::parse("2030-01-01T00:00:00Z", &Rfc3339).unwrap();
+        assert_eq!(tokens[1].expires, Some(SystemTime::from(at)));
+        let again = MachineConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, config);
+        // Redacted in Debug.
+        let debug = format!("{:?}", config.to_raw().machine.accepted_tokens);
+        assert!(!debug.contains("ghijkl"), "{debug}");
+    }
+
+    #[test]
+    fn bad_accepted_token_entries_name_their_key() {
+        let text = worker_yaml().replace(
+            "  ca:\n",
+            "  acceptedTokens:\n    - {token: ghijkl.0123456789abcdef, expires: tomorrow}\n    \
+             - {token: nope}\n    - {expires: 2030-01-01T00:00:00Z}\n  ca:\n",
+        );
+        let err = MachineConfig::from_yaml(&text).unwrap_err();
+        assert_eq!(
+            problem_keys(&err),
+            [
+                "machine.acceptedTokens[0].expires",
+                "machine.acceptedTokens[1].token",
+                "machine.acceptedTokens[2].token",
+            ]
+        );
+        assert!(!err.to_string().contains("nope"), "{err}");
+        // An unknown key in an entry is a parse error.
+        let text = worker_yaml().replace(
+            "  ca:\n",
+            "  acceptedTokens:\n    - {token: ghijkl.0123456789abcdef, until: x}\n  ca:\n",
+        );
+        assert!(MachineConfig::from_yaml(&text).is_err());
     }
 
     #[test]

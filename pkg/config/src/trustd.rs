@@ -25,6 +25,7 @@
 //!   lockoutAfter: 5                       #   consecutive bad tokens before a lockout
 //!   lockoutFor: 60s                       #   how long a locked-out peer is refused
 //! handshakeTimeout: 10s                   # optional, default 10s
+//! metrics: 127.0.0.1:9101                 # optional, default off: Prometheus text on GET /metrics
 //! ```
 //!
 //! # What machined must provide
@@ -36,8 +37,9 @@
 //! `machine.acceptedCAs` (left out when there are none), `listen` = `machine.trustd.listen`,
 //! `tls` = a serverAuth certificate it issued for trustd (SANs as apid's; it may be replaced in
 //! place at any time, trustd polls it), and a `journal` path in trustd's state directory. The
-//! directories must exist. trustd reads `ca`, `acceptedCas` and `tokens` once at start, so a
-//! change to them (CA or token rotation) needs a restart of trustd.
+//! directories must exist. trustd re-reads this file, the `ca` files and `acceptedCas` when
+//! they change and swaps in new `tokens`, `ca` and `acceptedCas` without a restart (CA and
+//! token rotation); other settings take effect at the next start.
 //!
 //! Loading only reads and validates the YAML: it never opens the files it names or binds
 //! anything (`trustd::Server::bind` does both). Paths must be absolute.
@@ -52,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::apid::{absolute_path, format_duration, parse_duration};
+use crate::apid::{absolute_path, format_duration, metrics_address, parse_duration};
 use crate::error::Problems;
 use crate::machine::DEFAULT_TRUSTD_LISTEN;
 use crate::token::TOKEN_FORMAT;
@@ -137,6 +139,9 @@ pub struct TrustdConfig {
     pub rate_limit: RateLimit,
     /// `handshakeTimeout`: how long a client gets to complete the TLS handshake.
     pub handshake_timeout: Duration,
+    /// `metrics`: where to serve Prometheus metrics (plain HTTP, `GET /metrics`); `None` (the
+    /// default) serves none. Meant for a loopback or management address: it is unauthenticated.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A certificate file and its key file (`tls:` and `ca:`).
@@ -272,6 +277,7 @@ impl TrustdConfig {
             rate_limit,
             handshake_timeout: (self.handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT)
                 .then(|| format_duration(self.handshake_timeout)),
+            metrics: self.metrics.map(|addr| addr.to_string()),
         })
     }
 }
@@ -316,6 +322,9 @@ impl TryFrom<RawTrustdConfig> for TrustdConfig {
             MAX_HANDSHAKE_TIMEOUT,
         );
 
+        // A bad address is a problem like any other; `None` here then never reaches `Ok`.
+        let metrics = metrics_address(&mut problems, "metrics", raw.metrics);
+
         // Every `None` below was recorded as a problem, so the fallback arm never returns an
         // empty problem list.
         match (
@@ -349,6 +358,7 @@ impl TryFrom<RawTrustdConfig> for TrustdConfig {
                 policy,
                 rate_limit,
                 handshake_timeout,
+                metrics,
             }),
             _ => Err(problems.into_error(Document::TrustdConfig)),
         }
@@ -406,6 +416,9 @@ pub struct RawTrustdConfig {
     /// `handshakeTimeout`: a duration such as `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<String>,
+    /// `metrics`: `address:port` of the Prometheus endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl fmt::Debug for RawTrustdConfig {
@@ -421,6 +434,7 @@ impl fmt::Debug for RawTrustdConfig {
             .field("policy", &self.policy)
             .field("rate_limit", &self.rate_limit)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

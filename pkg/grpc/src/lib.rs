@@ -12,6 +12,8 @@
 //!   Each handshake uses the latest config, so open connections are never touched by a reload.
 //! - [`frame`]: the gRPC length-prefixed framing seen as bytes stream past, to enforce the
 //!   32 MiB message limit ([`MAX_MESSAGE_SIZE`]) on payloads that are never decoded.
+//! - [`metrics`]: a bounded `GET /metrics` endpoint (plain HTTP/1.1) and a Prometheus text
+//!   encoder; each daemon supplies what to render.
 //! - [`internal`]: the one way to turn an unexpected error into a gRPC `Internal` status
 //!   without leaking its text.
 //!
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod metrics;
 pub mod reload;
 pub mod tls;
 
@@ -33,7 +36,8 @@ pub use crate::reload::{
     CredentialFiles, CredentialPem, ReloadError, ReloadHandle, ServerConfigReloader,
 };
 pub use crate::tls::{
-    HandshakeFailure, HandshakeStats, HandshakeStatsHandle, TlsAcceptLoop, TlsConnection,
+    Admission, Admitted, HandshakeFailure, HandshakeStats, HandshakeStatsHandle, TlsAcceptLoop,
+    TlsConnection,
 };
 
 /// Turns an error nobody expected into `Internal`: the whole chain goes to the log at error
