@@ -11,7 +11,9 @@
 //! until the response ended — for streams, until the final trailer. `cn` is `null` when the
 //! certificate has none. `roles` are the effective roles; when an `os:impersonator` peer (another
 //! apid) asserted them, `impersonated` is `true`, `cert_roles` holds the peer certificate's own
-//! roles and `caller` the original caller it named. `code` is the gRPC status name from the
+//! roles and `caller` the original caller it named (its `cn=` and `serial=`); `via` is the node
+//! that forwarded the call (its `proxyfrom`). `targets` lists the other nodes a call was routed
+//! to (`node` / `nodes`, as named). `code` is the gRPC status name from the
 //! response headers or trailers, `CANCELLED` when the client went away before the end, and
 //! `UNKNOWN` when the response carried no status. `reason` is present on denials.
 //!
@@ -42,6 +44,7 @@ use tokio::sync::oneshot;
 use tonic::Code;
 
 use crate::error::Error;
+use crate::metrics::ApidMetrics;
 use crate::peer::{CallIdentity, Peer};
 
 /// Records waiting for the writer before new ones are dropped.
@@ -67,6 +70,8 @@ struct Inner {
     /// channel at [`QUEUE`].
     queued: Arc<AtomicUsize>,
     dropped: AtomicU64,
+    /// Call counters, bumped as each record is finished (`crate::metrics`).
+    metrics: Arc<ApidMetrics>,
 }
 
 /// The running writer thread; see [`AuditLog::open`].
@@ -126,6 +131,7 @@ impl AuditLog {
                 tx,
                 queued,
                 dropped: AtomicU64::new(0),
+                metrics: Arc::default(),
             }),
         };
         Ok((log, AuditWriter { done, thread }))
@@ -141,6 +147,7 @@ impl AuditLog {
         AuditGuard {
             log: self.clone(),
             started: Instant::now(),
+            permit: None,
             entry: Some(Entry {
                 time: OffsetDateTime::now_utc(),
                 duration: Duration::ZERO,
@@ -151,8 +158,14 @@ impl AuditLog {
                 reason: None,
                 code: None,
                 finished: false,
+                targets: Vec::new(),
             }),
         }
+    }
+
+    /// The call counters fed by finished records.
+    pub(crate) fn metrics(&self) -> &Arc<ApidMetrics> {
+        &self.inner.metrics
     }
 
     fn send(&self, entry: Entry) {
@@ -163,6 +176,7 @@ impl AuditLog {
         if !sent {
             inner.queued.fetch_sub(1, Ordering::Relaxed);
             let dropped = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            inner.metrics.record_audit_dropped();
             tracing::warn!(
                 audit.dropped = dropped,
                 "Audit writer is behind; record dropped"
@@ -187,6 +201,9 @@ pub(crate) struct AuditGuard {
     started: Instant,
     /// Always `Some` until the guard is dropped.
     entry: Option<Entry>,
+    /// The call's in-flight slot (`crate::limits`): the guard lives exactly as long as the
+    /// call's response, so the slot is freed when the call ends.
+    permit: Option<crate::limits::CallPermit>,
 }
 
 /// What the writer renders into one line.
@@ -203,6 +220,9 @@ struct Entry {
     /// The response ended normally (trailers or end of stream seen), so a missing code means
     /// "no status sent" rather than "cancelled".
     finished: bool,
+    /// The other nodes the call was routed to (`node` / `nodes`), as named; empty when served
+    /// here.
+    targets: Vec<String>,
 }
 
 impl AuditGuard {
@@ -222,6 +242,18 @@ impl AuditGuard {
         }
     }
 
+    /// Records the nodes the call is routed to (none: served by this node).
+    pub(crate) fn set_targets(&mut self, targets: Vec<String>) {
+        if let Some(entry) = self.entry.as_mut() {
+            entry.targets = targets;
+        }
+    }
+
+    /// Keeps the call's in-flight slot until the record is written (the call has ended).
+    pub(crate) fn hold(&mut self, permit: crate::limits::CallPermit) {
+        self.permit = Some(permit);
+    }
+
     /// The response body ended (with or without trailers).
     pub(crate) fn finish(&mut self) {
         if let Some(entry) = self.entry.as_mut() {
@@ -236,6 +268,19 @@ impl Drop for AuditGuard {
             return;
         };
         entry.duration = self.started.elapsed();
+        // Counted here, where method, decision and final code are all known, exactly once.
+        let metrics = &self.log.inner.metrics;
+        let code = entry.final_code();
+        metrics.record_call(&entry.method, code);
+        if entry.decision == Decision::Deny && code == Code::PermissionDenied {
+            metrics.record_denial(&entry.method);
+        }
+        if entry.decision == Decision::Allow {
+            // Routed by `node`/`nodes` metadata: one count per named target.
+            for target in &entry.targets {
+                metrics.record_forward(target);
+            }
+        }
         tracing::debug!(
             grpc.method = %entry.method,
             peer.addr = %entry.peer.addr,
@@ -248,13 +293,19 @@ impl Drop for AuditGuard {
 }
 
 impl Entry {
-    /// Appends the record as one JSON line.
-    fn render(&self, out: &mut Vec<u8>) {
-        let code = match (self.code, self.finished) {
+    /// The status the call ended with: the one seen, else `UNKNOWN` for a response that ended
+    /// without one, else `CANCELLED` (the client went away first).
+    fn final_code(&self) -> Code {
+        match (self.code, self.finished) {
             (Some(code), _) => code,
             (None, true) => Code::Unknown,
             (None, false) => Code::Cancelled,
-        };
+        }
+    }
+
+    /// Appends the record as one JSON line.
+    fn render(&self, out: &mut Vec<u8>) {
+        let code = self.final_code();
         let duration_ms = self.duration.as_secs_f64() * 1000.0;
         let (peer, call) = (&*self.peer, &*self.call);
         let record = Record {
@@ -267,6 +318,8 @@ impl Entry {
             impersonated: call.impersonated.then_some(true),
             cert_roles: call.impersonated.then(|| peer.roles.strings()),
             caller: call.impersonated.then_some(call.caller.as_str()),
+            via: call.forwarded_from.as_deref(),
+            targets: (!self.targets.is_empty()).then_some(self.targets.as_slice()),
             method: &self.method,
             decision: match self.decision {
                 Decision::Allow => "allow",
@@ -298,6 +351,10 @@ struct Record<'a> {
     cert_roles: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     caller: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    targets: Option<&'a [String]>,
     method: &'a str,
     decision: &'static str,
     code: &'static str,
@@ -491,6 +548,39 @@ mod tests {
         drop(log.start(&peer(), &call, "/x.Y/Z".to_owned()));
         assert_eq!(log.inner.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(log.inner.queued.load(Ordering::Relaxed), QUEUE);
+        // The drop is exported (`basalt_apid_audit_dropped_total`) and the call still counted.
+        assert!(
+            log.metrics()
+                .render_for_test()
+                .contains("basalt_apid_audit_dropped_total 1\n")
+        );
+        assert_eq!(log.metrics().calls("/x.Y/Z", Code::Cancelled), 1);
+    }
+
+    #[test]
+    fn finished_records_feed_the_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _writer) =
+            AuditLog::open(&AuditSink::File(dir.path().join("audit.log"))).unwrap();
+        let call = Arc::clone(&peer().identity);
+        let mut routed = log.start(&peer(), &call, "/machine.MachineService/Version".to_owned());
+        routed.set_targets(vec!["node-2".to_owned(), "node-3".to_owned()]);
+        routed.set_code(Code::Ok);
+        drop(routed);
+        let mut denied = log.start(&peer(), &call, "/machine.MachineService/Reboot".to_owned());
+        denied.set_targets(vec!["node-2".to_owned()]);
+        denied.deny("needs os:admin".to_owned());
+        denied.set_code(Code::PermissionDenied);
+        drop(denied);
+        let text = log.metrics().render_for_test();
+        for line in [
+            "basalt_apid_forwarded_total{target=\"node-2\"} 1\n",
+            "basalt_apid_forwarded_total{target=\"node-3\"} 1\n",
+            "basalt_apid_authz_denials_total{method=\"/machine.MachineService/Reboot\"} 1\n",
+            "basalt_apid_requests_total{method=\"/machine.MachineService/Version\",code=\"OK\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

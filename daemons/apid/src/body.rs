@@ -39,6 +39,8 @@ pub(crate) struct Enforce {
     pub(crate) deadline: Option<(Instant, Duration)>,
     /// Set by the request body when the client sent an oversized message.
     pub(crate) request_too_large: Option<Arc<OnceLock<FrameTooLarge>>>,
+    /// Names the upstream in the message of a broken stream (`machined`, `apid`).
+    pub(crate) upstream: &'static str,
 }
 
 /// See the module docs.
@@ -48,6 +50,7 @@ pub(crate) struct ResponseBody {
     scanner: Option<FrameScanner>,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     request_too_large: Option<Arc<OnceLock<FrameTooLarge>>>,
+    upstream: &'static str,
     /// Keeps the request body flowing to machined; see [`ResponseBody::upstream`].
     pumping: Option<oneshot::Sender<()>>,
     audit: Option<AuditGuard>,
@@ -57,7 +60,8 @@ pub(crate) struct ResponseBody {
 /// Where the body comes from. Not boxed: a forwarded call is apid's hot path.
 #[derive(Debug)]
 enum Inner {
-    /// machined's response body; `data_done` once its DATA frames are all read.
+    /// The upstream's (machined's or another apid's) response body; `data_done` once its
+    /// DATA frames are all read.
     Upstream { recv: RecvStream, data_done: bool },
     /// A local service's response, or an error built by apid.
     Local(Body),
@@ -137,7 +141,7 @@ impl ResponseBody {
         Self::build(parts, Inner::Local(body), audit, enforce)
     }
 
-    /// Wraps machined's response to a forwarded call. `pumping` is held while the request
+    /// Wraps the upstream's response to a forwarded call. `pumping` is held while the request
     /// body is still being forwarded: dropping it stops that (see `forward::pump`).
     pub(crate) fn upstream(
         response: Response<RecvStream>,
@@ -174,6 +178,7 @@ impl ResponseBody {
                 .deadline
                 .map(|(at, timeout)| (Box::pin(tokio::time::sleep_until(at)), timeout)),
             request_too_large: enforce.request_too_large,
+            upstream: enforce.upstream,
             pumping: None,
             audit,
             state: State::Streaming,
@@ -251,7 +256,10 @@ impl HttpBody for ResponseBody {
                     // so rather than passing on the resulting reset.
                     let status = match this.request_too_large.as_ref().and_then(|r| r.get()) {
                         Some(too_large) => Error::RequestTooLarge(*too_large).into(),
-                        None => Status::unavailable(format!("machined stream broke: {upstream}")),
+                        None => Status::unavailable(format!(
+                            "{} stream broke: {upstream}",
+                            this.upstream
+                        )),
                     };
                     this.end_with(status);
                     continue;

@@ -27,6 +27,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The metrics address could not be bound.
+    #[error("bind the metrics endpoint {addr}")]
+    BindMetrics {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
     /// The TLS credentials could not be read or do not form a usable config.
     #[error("load TLS credentials")]
     LoadCredentials(#[source] ReloadError),
@@ -92,6 +102,22 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// Another node's apid could not be reached, or refused the connection (TLS).
+    #[error("node {target:?} is not reachable at {addr}")]
+    NodeUnreachable {
+        /// The node as the client named it.
+        target: String,
+        /// The address dialled.
+        addr: String,
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The client's request body failed before it was complete (fan-out reads it whole).
+    #[error("the request body failed")]
+    RequestBody(#[source] BoxError),
+
     /// A request message exceeded the gRPC message limit.
     #[error("request message is too large")]
     RequestTooLarge(#[source] FrameTooLarge),
@@ -99,6 +125,20 @@ pub enum Error {
     /// A response message from machined exceeded the gRPC message limit.
     #[error("response message is too large")]
     ResponseTooLarge(#[source] FrameTooLarge),
+
+    /// The deny list could not be loaded at startup (fail closed).
+    #[error("load the revocation list")]
+    LoadRevocation(#[source] crate::revocation::RevocationError),
+
+    /// A call forwarded by another apid names an original caller whose certificate is revoked
+    /// on this node.
+    #[error("the original caller's certificate is revoked on this node")]
+    CallerRevoked,
+
+    /// A per-client limit refused the call (ResourceExhausted; the message names the limit and
+    /// when to retry).
+    #[error(transparent)]
+    LimitExceeded(#[from] crate::limits::LimitExceeded),
 
     /// The call's deadline (`grpc-timeout`) passed in apid.
     #[error("deadline of {timeout:?} exceeded")]
@@ -115,19 +155,28 @@ impl From<Error> for Status {
             Error::NoPeerCertificate | Error::ReadPeerCertificate { .. } => {
                 Status::unauthenticated(err.to_string())
             }
+            // A forwarded call whose original caller is revoked here: as if it had connected.
+            Error::CallerRevoked => Status::unauthenticated(err.to_string()),
             // Authorization: the explanation is safe and useful to the caller (it only repeats
             // the method, the rule and the roles of the caller's own certificate).
             Error::PermissionDenied(denial) => Status::permission_denied(denial.to_string()),
-            Error::Route(err @ crate::routing::RouteError::MultiValuedNode) => {
-                Status::invalid_argument(err.to_string())
-            }
+            Error::Route(
+                err @ (crate::routing::RouteError::MultiValuedNode
+                | crate::routing::RouteError::InvalidTarget { .. }
+                | crate::routing::RouteError::TooManyTargets { .. }
+                | crate::routing::RouteError::OneToManyUnsupported { .. }),
+            ) => Status::invalid_argument(err.to_string()),
             Error::Route(err @ crate::routing::RouteError::NoForwarding { .. }) => {
                 Status::permission_denied(err.to_string())
             }
             // Dependency down: say where apid looked and why it failed, so an operator can tell
             // "machined stopped" from "wrong socket path"; no secrets are involved.
-            Error::MachinedUnreachable { ref source, .. } => {
+            Error::MachinedUnreachable { ref source, .. }
+            | Error::NodeUnreachable { ref source, .. } => {
                 Status::unavailable(format!("{err}: {}", chain(source.as_ref())))
+            }
+            Error::RequestBody(ref source) => {
+                Status::cancelled(format!("{err}: {}", chain(source.as_ref())))
             }
             // Overload / limits.
             Error::RequestTooLarge(too_large) => Status::resource_exhausted(format!(
@@ -139,8 +188,12 @@ impl From<Error> for Status {
                 too_large.size, too_large.limit
             )),
             Error::DeadlineExceeded { .. } => Status::deadline_exceeded(err.to_string()),
+            // The caller can act on it: slow down, or wait for a call to finish.
+            Error::LimitExceeded(_) => Status::resource_exhausted(err.to_string()),
             // Startup errors never reach a caller; if one did, it is our fault.
             err @ (Error::BindListener { .. }
+            | Error::BindMetrics { .. }
+            | Error::LoadRevocation(_)
             | Error::LoadCredentials(_)
             | Error::OpenAudit { .. }
             | Error::StartAuditWriter(_)

@@ -1,5 +1,7 @@
 //! Forwarding to machined: the HTTP/2 request goes to machined's unix socket as it came, bytes
-//! untouched, with apid's own `talos-role` and `basalt-caller`.
+//! untouched, with apid's own `talos-role` and `basalt-caller`. The same streaming forwarder
+//! ([`forward_streaming`]) and connection handling ([`ConnectionSlot`], [`handshake`]) carry
+//! one-to-one calls to other nodes' apids (`crate::remote`).
 //!
 //! Nothing here knows a method: unary, server-streaming, client-streaming and bidi calls all
 //! work the same way, because the request and response bodies are streamed through (HTTP/2
@@ -24,7 +26,7 @@
 //! the first call after it closed (machined restarted); a failed connect surfaces at once as
 //! `Unavailable`.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,17 +74,12 @@ type RequestBody = LimitedBody<Incoming>;
 #[derive(Debug)]
 pub(crate) struct Machined {
     socket: PathBuf,
-    /// The open connection, if any. Held only to clone or replace it, never across an
-    /// `.await`.
-    current: Mutex<Option<Connection>>,
-    /// Serializes connecting, so a burst of calls after machined came back opens one
-    /// connection, not one each.
-    connecting: tokio::sync::Mutex<()>,
+    slot: ConnectionSlot,
 }
 
-/// One HTTP/2 connection to machined.
+/// One HTTP/2 client connection (to machined, or to another node's apid).
 #[derive(Clone, Debug)]
-struct Connection {
+pub(crate) struct Connection {
     sender: SendRequest<Bytes>,
     /// Set by the connection's task when it ends (machined closed the socket, or it broke).
     closed: Arc<AtomicBool>,
@@ -93,9 +90,13 @@ impl Machined {
     pub(crate) fn new(socket: &Path) -> Self {
         Self {
             socket: socket.to_path_buf(),
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            slot: ConnectionSlot::default(),
         }
+    }
+
+    /// machined's socket path.
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Forwards one call. `request` has already had the client's internal metadata removed.
@@ -108,80 +109,145 @@ impl Machined {
         let (mut parts, body) = request.into_parts();
         call.apply(&mut parts.headers);
         parts.uri = upstream_uri(parts.uri);
-        let timeout = parts
-            .headers
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout);
-        let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
-
-        // The client's messages are checked as they stream to machined; an oversized one ends
-        // the upstream request with an error and is reported here.
-        let request_too_large = Arc::new(OnceLock::new());
-        let body = LimitedBody::new(body, MAX_MESSAGE_SIZE).with_report(request_too_large.clone());
         let head = Request::from_parts(parts, ());
-
-        // Dropping this future (deadline, or the client went away) drops the stream's handles,
-        // which resets the upstream stream: machined sees the cancellation.
-        let call_upstream = async {
-            let sender = self.sender().await?;
-            let mut sender = sender.ready().await?;
-            let end_of_stream = body.is_end_stream();
-            let (response, send) = sender.send_request(head, end_of_stream)?;
-            let mut pumping = None;
-            if !end_of_stream {
-                let mut body = Some(body);
-                let mut send = Some(send);
-                // What the client has sent already goes out with the HEADERS frame.
-                let pending = poll_fn(|cx| Poll::Ready(push_ready(&mut body, &mut send, cx))).await;
-                if pending && let (Some(body), Some(send)) = (body, send) {
-                    let (abandoned_tx, abandoned) = oneshot::channel();
-                    tokio::spawn(pump(body, send, abandoned));
-                    pumping = Some(abandoned_tx);
-                }
+        forward_streaming(self.sender(), head, body, audit, "machined", |source| {
+            Error::MachinedUnreachable {
+                socket: self.socket.clone(),
+                source,
             }
-            let response = response.await?;
-            Ok::<_, BoxError>((response, pumping))
-        };
-        let result = match deadline {
-            Some((at, timeout)) => match tokio::time::timeout_at(at, call_upstream).await {
-                Ok(result) => result,
-                Err(_elapsed) => {
-                    return ResponseBody::error(Error::DeadlineExceeded { timeout }, Some(audit));
-                }
-            },
-            None => call_upstream.await,
-        };
-        match result {
-            Ok((response, pumping)) => ResponseBody::upstream(
-                response,
-                audit,
-                Enforce {
-                    message_limit: true,
-                    deadline,
-                    request_too_large: Some(request_too_large),
-                },
-                pumping,
-            ),
-            Err(source) => {
-                let err = match request_too_large.get() {
-                    Some(too_large) => Error::RequestTooLarge(*too_large),
-                    None => Error::MachinedUnreachable {
-                        socket: self.socket.clone(),
-                        source,
-                    },
-                };
-                tracing::warn!(
-                    error = &err as &dyn std::error::Error,
-                    "Forwarding to machined failed"
-                );
-                ResponseBody::error(err, Some(audit))
-            }
-        }
+        })
+        .await
     }
 
     /// The open connection's sender, connecting first if there is none or it closed.
-    async fn sender(&self) -> Result<SendRequest<Bytes>, BoxError> {
+    pub(crate) async fn sender(&self) -> Result<SendRequest<Bytes>, BoxError> {
+        self.slot.sender(|| self.connect()).await
+    }
+
+    async fn connect(&self) -> Result<Connection, BoxError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket))
+            .await
+            .map_err(|elapsed| Box::new(elapsed) as BoxError)??;
+        let connection = handshake(stream, "machined").await?;
+        debug!(machined.socket = %self.socket.display(), "Connected to machined");
+        Ok(connection)
+    }
+}
+
+/// Forwards one call whose request head is ready (`talos-role`, URI and the rest set) to the
+/// upstream `sender` resolves to, streaming the body through; see the module docs.
+/// `upstream` names it in messages; `unreachable` turns a failure to open the call into the
+/// error the client gets.
+pub(crate) async fn forward_streaming(
+    sender: impl Future<Output = Result<SendRequest<Bytes>, BoxError>>,
+    head: Request<()>,
+    body: Incoming,
+    audit: AuditGuard,
+    upstream: &'static str,
+    unreachable: impl FnOnce(BoxError) -> Error,
+) -> Response<ResponseBody> {
+    let timeout = head
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
+
+    // The client's messages are checked as they stream upstream; an oversized one ends the
+    // upstream request with an error and is reported here.
+    let request_too_large = Arc::new(OnceLock::new());
+    let body = LimitedBody::new(body, MAX_MESSAGE_SIZE).with_report(request_too_large.clone());
+
+    // Dropping this future (deadline, or the client went away) drops the stream's handles,
+    // which resets the upstream stream: the upstream sees the cancellation.
+    let call_upstream = async {
+        let sender = sender.await?;
+        let mut sender = sender.ready().await?;
+        let end_of_stream = body.is_end_stream();
+        let (response, send) = sender.send_request(head, end_of_stream)?;
+        let mut pumping = None;
+        if !end_of_stream {
+            let mut body = Some(body);
+            let mut send = Some(send);
+            // What the client has sent already goes out with the HEADERS frame.
+            let pending = poll_fn(|cx| Poll::Ready(push_ready(&mut body, &mut send, cx))).await;
+            if pending && let (Some(body), Some(send)) = (body, send) {
+                let (abandoned_tx, abandoned) = oneshot::channel();
+                tokio::spawn(pump(body, send, abandoned));
+                pumping = Some(abandoned_tx);
+            }
+        }
+        let response = response.await?;
+        Ok::<_, BoxError>((response, pumping))
+    };
+    let result = match deadline {
+        Some((at, timeout)) => match tokio::time::timeout_at(at, call_upstream).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                return ResponseBody::error(Error::DeadlineExceeded { timeout }, Some(audit));
+            }
+        },
+        None => call_upstream.await,
+    };
+    match result {
+        Ok((response, pumping)) => ResponseBody::upstream(
+            response,
+            audit,
+            Enforce {
+                message_limit: true,
+                deadline,
+                request_too_large: Some(request_too_large),
+                upstream,
+            },
+            pumping,
+        ),
+        Err(source) => {
+            let err = match request_too_large.get() {
+                Some(too_large) => Error::RequestTooLarge(*too_large),
+                None => unreachable(source),
+            };
+            tracing::warn!(
+                upstream,
+                error = &err as &dyn std::error::Error,
+                "Forwarding failed"
+            );
+            ResponseBody::error(err, Some(audit))
+        }
+    }
+}
+
+/// Opens one call whose whole request body is already here (fan-out sends the same body to
+/// every node) and waits for the response headers.
+pub(crate) async fn send_buffered(
+    sender: SendRequest<Bytes>,
+    head: Request<()>,
+    body: Bytes,
+) -> Result<Response<h2::RecvStream>, BoxError> {
+    let mut sender = sender.ready().await?;
+    let (response, mut send) = sender.send_request(head, false)?;
+    // h2 queues what the window does not take yet; the body is bounded by the message limit.
+    send.send_data(body, true)?;
+    Ok(response.await?)
+}
+
+/// A lazily made HTTP/2 connection that is made again after it closed. Connecting is
+/// serialized, so a burst of calls after the upstream came back opens one connection, not one
+/// each.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionSlot {
+    /// The open connection, if any. Held only to clone or replace it, never across an
+    /// `.await`.
+    current: Mutex<Option<Connection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl ConnectionSlot {
+    /// The open connection's sender, calling `connect` first if there is none or it closed.
+    pub(crate) async fn sender<F, Fut>(&self, connect: F) -> Result<SendRequest<Bytes>, BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Connection, BoxError>>,
+    {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
@@ -190,10 +256,15 @@ impl Machined {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
-        let connection = self.connect().await?;
+        let connection = connect().await?;
         let sender = connection.sender.clone();
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
         Ok(sender)
+    }
+
+    /// Whether the slot holds a connection that is still open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open_sender().is_some()
     }
 
     fn open_sender(&self) -> Option<SendRequest<Bytes>> {
@@ -204,34 +275,36 @@ impl Machined {
             .filter(|connection| !connection.closed.load(Ordering::Acquire))
             .map(|connection| connection.sender.clone())
     }
+}
 
-    async fn connect(&self) -> Result<Connection, BoxError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket))
-            .await
-            .map_err(|elapsed| Box::new(elapsed) as BoxError)??;
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .enable_push(false)
-            .handshake(stream)
-            .await?;
-        debug!(machined.socket = %self.socket.display(), "Connected to machined");
-        let closed = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&closed);
-        // The task ends when machined closes the socket or the connection breaks; the flag
-        // then tells the next call to reconnect.
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(
-                    error = &err as &dyn std::error::Error,
-                    "Connection to machined ended with an error"
-                );
-            }
-            flag.store(true, Ordering::Release);
-        });
-        Ok(Connection { sender, closed })
-    }
+/// Runs the HTTP/2 client handshake on `io` with Talos's windows and apid's header limit, and
+/// spawns the task that drives the connection. `upstream` names it in logs.
+pub(crate) async fn handshake<T>(io: T, upstream: &'static str) -> Result<Connection, BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false)
+        .handshake(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closed);
+    // The task ends when the upstream closes the connection or it breaks; the flag then tells
+    // the next call to reconnect.
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            debug!(
+                upstream,
+                error = &err as &dyn std::error::Error,
+                "Upstream connection ended with an error"
+            );
+        }
+        flag.store(true, Ordering::Release);
+    });
+    Ok(Connection { sender, closed })
 }
 
 /// Hands the request body frames that are already here to the upstream stream, without
@@ -357,7 +430,7 @@ async fn pump(
 
 /// `http://machined/<path>`: the scheme and authority an HTTP/2 request must carry, the path
 /// (and query, if any) as the client sent it.
-fn upstream_uri(uri: Uri) -> Uri {
+pub(crate) fn upstream_uri(uri: Uri) -> Uri {
     let mut parts = uri.into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(Authority::from_static(AUTHORITY));

@@ -102,6 +102,8 @@ pub(crate) struct Stripped {
     roles: Vec<String>,
     /// The first `basalt-caller` value, if any and if it is valid UTF-8.
     caller: Option<String>,
+    /// The first `proxyfrom` value, if any and if it is valid UTF-8.
+    proxy_from: Option<String>,
 }
 
 /// Removes every value of `talos-role`, `basalt-caller` and `proxyfrom` from `headers`.
@@ -121,9 +123,14 @@ pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
             .next()
             .and_then(|value| value.to_str().ok().map(str::to_owned));
     }
-    // Loop guard for node routing; apid routes every call to the local machined for now, and a
-    // client must never be able to set it.
-    headers.remove(metadata::PROXY_FROM);
+    // Loop guard for node routing: honoured only from another apid (see `CallIdentity`).
+    if let http::header::Entry::Occupied(entry) = headers.entry(metadata::PROXY_FROM) {
+        stripped.proxy_from = entry
+            .remove_entry_mult()
+            .1
+            .next()
+            .and_then(|value| value.to_str().ok().map(str::to_owned));
+    }
     stripped
 }
 
@@ -136,6 +143,9 @@ pub(crate) struct CallIdentity {
     pub(crate) caller: String,
     /// True when the roles came from an impersonator's `talos-role`, not from the certificate.
     pub(crate) impersonated: bool,
+    /// The `proxyfrom` an `os:impersonator` peer sent: another apid forwarded this call from
+    /// that node, so it is served here and never forwarded again (the loop guard).
+    pub(crate) forwarded_from: Option<String>,
     /// `roles` as `talos-role` header values (cloning one is a reference-count increment).
     role_values: Vec<HeaderValue>,
     /// `caller` as a header value.
@@ -163,6 +173,7 @@ impl CallIdentity {
             roles,
             caller,
             impersonated,
+            forwarded_from: None,
             role_values,
             caller_value,
         }
@@ -173,13 +184,22 @@ impl CallIdentity {
     ///
     /// An impersonator that sends no `talos-role` keeps its certificate roles, which no rule
     /// names, so it is denied everywhere (Talos).
+    ///
+    /// `proxyfrom` counts only from an impersonator too; from anyone else it was removed and
+    /// is ignored.
     pub(crate) fn resolve(peer: &Peer, stripped: Stripped) -> Arc<Self> {
-        if peer.is_impersonator() && !stripped.roles.is_empty() {
+        if !peer.is_impersonator() {
+            return Arc::clone(&peer.identity);
+        }
+        let mut identity = if stripped.roles.is_empty() {
+            (*peer.identity).clone()
+        } else {
             let roles = RoleSet::parse(stripped.roles.iter().map(String::as_str));
             let caller = stripped.caller.unwrap_or_else(|| peer.caller(&roles));
-            return Arc::new(Self::new(roles, caller, true));
-        }
-        Arc::clone(&peer.identity)
+            Self::new(roles, caller, true)
+        };
+        identity.forwarded_from = stripped.proxy_from;
+        Arc::new(identity)
     }
 
     /// Writes `talos-role` (one header value per role, as grpc-go's multi-valued metadata and
@@ -299,6 +319,23 @@ mod tests {
         assert_eq!(call.roles.strings(), ["os:operator"]);
         assert_eq!(call.caller, "cn=bob;serial=2");
         assert!(call.impersonated);
+        assert_eq!(call.forwarded_from, None);
+    }
+
+    #[test]
+    fn proxyfrom_counts_only_from_an_impersonator() {
+        let forwarded = || headers(&[("talos-role", "os:reader"), ("proxyfrom", "10.0.0.1:50000")]);
+        let call = CallIdentity::resolve(
+            &peer(&["os:impersonator"]),
+            strip_internal_metadata(&mut forwarded()),
+        );
+        assert_eq!(call.forwarded_from.as_deref(), Some("10.0.0.1:50000"));
+        let call = CallIdentity::resolve(
+            &peer(&["os:admin"]),
+            strip_internal_metadata(&mut forwarded()),
+        );
+        assert_eq!(call.forwarded_from, None);
+        assert_eq!(call.roles.strings(), ["os:admin"]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use basalt_grpc::{
     CredentialFiles, HandshakeStatsHandle, ReloadHandle, ServerConfigReloader, TlsAcceptLoop,
     TlsConnection,
 };
+use basalt_pki::RevocationCheck;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,11 +30,16 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::audit::{AuditLog, AuditWriter};
+use crate::connections::{Connections, PerAddressLimit};
 use crate::error::{BoxError, Error};
 use crate::forward::Machined;
+use crate::limits::{LimitStats, Limiter, Refusals};
 use crate::local::LocalServices;
+use crate::metrics::Endpoint;
 use crate::peer::Peer;
 use crate::pipeline::{self, Shared};
+use crate::remote::{ForwardingFiles, RemoteApids};
+use crate::revocation::{self, REVOCATION_POLL_INTERVAL, RevocationList, Revoked};
 use crate::routing::LocalNames;
 
 /// How long open calls get to finish after shutdown is requested (Talos: 10 s graceful stop).
@@ -65,7 +71,9 @@ impl Server {
     /// opens the audit sink, so that every configuration problem shows up here rather than at
     /// the first call. machined's socket is not dialled: apid may start first.
     pub async fn bind(config: ApidConfig) -> Result<Bound, Error> {
-        let (reloader, tls_config, reload) = load_credentials(&config)?;
+        // The deny list first: without it the handshake must not accept anyone (fail closed).
+        let revocation = RevocationList::new(load_revocation(&config)?);
+        let (reloader, tls_config, reload) = load_credentials(&config, &revocation)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -79,13 +87,31 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
-        let acceptor = TlsAcceptLoop::new(listener, tls_config, config.handshake_timeout);
+        // Per-address connection limit, right after the accept: a flood from one address spends
+        // no handshake and cannot take every pending-handshake slot.
+        let per_address = PerAddressLimit::new(config.limits.max_connections_per_address);
+        let acceptor = TlsAcceptLoop::new(listener, tls_config, config.handshake_timeout)
+            .with_admission(Arc::new(per_address.clone()));
         let (audit, audit_writer) = AuditLog::open(&config.audit)?;
+        let metrics = Endpoint::bind(&config, &audit, acceptor.stats()).await?;
         let shared = Shared {
             audit,
             local: LocalServices::new().map_err(Error::Reflection)?,
             machined: Machined::new(&config.machined_socket),
-            local_names: local_names(&config.tls.cert)?,
+            local_names: local_names(&config.tls.cert, local_addr.port())?,
+            // Forwarding dials other apids on the port this one listens on (Talos: 50000).
+            remote: config.forwarding.as_ref().map(|creds| {
+                Arc::new(RemoteApids::new(
+                    ForwardingFiles {
+                        cert: creds.cert.clone(),
+                        key: creds.key.clone(),
+                        ca: config.tls.ca.clone(),
+                    },
+                    local_addr.port(),
+                ))
+            }),
+            limiter: Limiter::new(config.limits),
+            revocation: revocation.clone(),
         };
         info!(
             addr = %local_addr,
@@ -100,29 +126,56 @@ impl Server {
             reload,
             shared: Arc::new(shared),
             audit_writer,
+            metrics,
+            revocation: Revocation {
+                path: config.revocation.clone(),
+                list: revocation,
+                connections: Arc::default(),
+                per_address,
+            },
         })
+    }
+}
+
+/// The deny list, its file, and the open connections it may close; and the per-address
+/// connection limit.
+#[derive(Debug)]
+struct Revocation {
+    path: Option<std::path::PathBuf>,
+    list: RevocationList,
+    connections: Arc<Connections>,
+    per_address: PerAddressLimit,
+}
+
+/// Reads the configured deny list (none configured: nothing is revoked).
+fn load_revocation(config: &ApidConfig) -> Result<Revoked, Error> {
+    match &config.revocation {
+        Some(path) => revocation::load(path).map_err(Error::LoadRevocation),
+        None => Ok(Revoked::default()),
     }
 }
 
 /// The names this node answers to, from its server certificate (read once at bind: a renewed
 /// certificate keeps the node's names).
-fn local_names(cert: &std::path::Path) -> Result<LocalNames, Error> {
+fn local_names(cert: &std::path::Path, port: u16) -> Result<LocalNames, Error> {
     let read_error = |source: BoxError| Error::ReadServerCertificate {
         path: cert.to_owned(),
         source,
     };
     let pem = std::fs::read_to_string(cert).map_err(|err| read_error(Box::new(err)))?;
-    LocalNames::from_server_cert(&pem).map_err(|err| read_error(Box::new(err)))
+    LocalNames::from_server_cert(&pem, port).map_err(|err| read_error(Box::new(err)))
 }
 
 /// Checks what [`Server::bind`] would load, without binding: the TLS files are read and must
 /// form a valid server config. Used by `apid --check-config`.
 pub fn check_config(config: &ApidConfig) -> Result<(), Error> {
-    load_credentials(config).map(drop)
+    let revocation = RevocationList::new(load_revocation(config)?);
+    load_credentials(config, &revocation).map(drop)
 }
 
 fn load_credentials(
     config: &ApidConfig,
+    revocation: &RevocationList,
 ) -> Result<
     (
         ServerConfigReloader,
@@ -136,9 +189,18 @@ fn load_credentials(
         key: config.tls.key.clone(),
         ca: config.tls.ca.clone(),
     };
+    // Every rebuilt config consults the same live deny list at each handshake.
+    let revocation: Arc<dyn RevocationCheck> = Arc::new(revocation.clone());
     ServerConfigReloader::load(
         files,
-        Arc::new(|pem| basalt_pki::server_config_for_apid(&pem.cert, &pem.key, &pem.ca)),
+        Arc::new(move |pem| {
+            basalt_pki::server_config_for_apid_with_revocation(
+                &pem.cert,
+                &pem.key,
+                &pem.ca,
+                Some(Arc::clone(&revocation)),
+            )
+        }),
     )
     .map_err(Error::LoadCredentials)
 }
@@ -153,6 +215,8 @@ pub struct Bound {
     stats: HandshakeStatsHandle,
     shared: Arc<Shared>,
     audit_writer: AuditWriter,
+    metrics: Option<Endpoint>,
+    revocation: Revocation,
 }
 
 impl Bound {
@@ -172,6 +236,19 @@ impl Bound {
         self.stats.clone()
     }
 
+    /// Calls and connections refused by the per-client limits so far (live counters).
+    pub fn limit_stats(&self) -> LimitStatsHandle {
+        LimitStatsHandle {
+            calls: self.shared.limiter.refusals(),
+            connections: self.revocation.per_address.clone(),
+        }
+    }
+
+    /// The address of the Prometheus endpoint (`GET /metrics`), when `metrics` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Endpoint::local_addr)
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets open calls finish for up
     /// to [`SHUTDOWN_GRACE`], closes what is left and flushes the audit log.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
@@ -180,8 +257,22 @@ impl Bound {
             reloader,
             shared,
             audit_writer,
+            metrics,
+            revocation,
             ..
         } = self;
+        // Closes a revoked certificate's open connections within a poll interval of the list
+        // changing; aborted at shutdown.
+        let revocation_task = revocation.path.clone().map(|path| {
+            tokio::spawn(revocation::watch(
+                path,
+                revocation.list.clone(),
+                Arc::clone(&revocation.connections),
+                REVOCATION_POLL_INTERVAL,
+            ))
+        });
+        // Scrapes are served until this guard drops at the end of `serve`.
+        let _metrics = metrics.map(Endpoint::spawn);
         // The reloader ends by itself once the accept loop (its last config reader) is gone.
         let reload_task = tokio::spawn(reloader.run(DEFAULT_POLL_INTERVAL));
         let (mut incoming, accept_task) = acceptor.spawn();
@@ -193,7 +284,13 @@ impl Bound {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = incoming.recv() => match accepted {
-                    Some(conn) => spawn_connection(conn, &shared, &graceful, &mut connections),
+                    Some(conn) => spawn_connection(
+                        conn,
+                        &shared,
+                        &revocation,
+                        &graceful,
+                        &mut connections,
+                    ),
                     None => {
                         warn!("Accept loop stopped");
                         break;
@@ -204,6 +301,9 @@ impl Bound {
         }
 
         info!(connections = connections.len(), "Shutting down");
+        if let Some(task) = revocation_task {
+            task.abort();
+        }
         drop(incoming);
         let _ = accept_task.await;
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -244,10 +344,15 @@ fn http2_builder() -> http2::Builder<TokioExecutor> {
 fn spawn_connection(
     conn: TlsConnection,
     shared: &Arc<Shared>,
+    revocation: &Revocation,
     graceful: &GracefulShutdown,
     connections: &mut JoinSet<()>,
 ) {
-    let TlsConnection { stream, peer_addr } = conn;
+    let TlsConnection {
+        stream,
+        peer_addr,
+        admitted,
+    } = conn;
     let leaf = stream
         .get_ref()
         .1
@@ -275,21 +380,78 @@ fn spawn_connection(
             None
         }
     };
+    let (serial, fingerprint) = peer.as_ref().map_or(("", ""), |peer| {
+        (peer.serial.as_str(), peer.fingerprint.as_str())
+    });
+    let mut registration = revocation.connections.register(serial, fingerprint);
+    // The handshake checked the list as it was then; one revoked since, before this connection
+    // was registered, was not seen by the watcher's sweep.
+    if revocation.list.current().contains(serial, fingerprint) {
+        warn!(
+            peer.addr = %peer_addr,
+            peer.serial = serial,
+            "Connection of a revoked certificate closed"
+        );
+        return;
+    }
     let shared = Arc::clone(shared);
     let service = hyper::service::service_fn(move |request| {
         let shared = Arc::clone(&shared);
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, peer.as_ref(), request).await) }
+        // Boxed: hyper spawns a task per call holding this future, and the call's state
+        // (pipeline + forwarding) is kilobytes; unboxed, it was memcpy'd on every move into
+        // the task (perf: ~15 % of apid's samples at concurrency 16, docs/BENCHMARKS.md).
+        Box::pin(async move {
+            Ok::<_, Infallible>(pipeline::handle(&shared, peer.as_ref(), request).await)
+        })
     });
     let connection =
         graceful.watch(http2_builder().serve_connection(TokioIo::new(stream), service));
     connections.spawn(async move {
-        if let Err(err) = connection.await {
-            debug!(
-                peer.addr = %peer_addr,
-                error = &err as &dyn std::error::Error,
-                "Connection ended with an error"
-            );
+        tokio::select! {
+            result = connection => {
+                if let Err(err) = result {
+                    debug!(
+                        peer.addr = %peer_addr,
+                        error = &err as &dyn std::error::Error,
+                        "Connection ended with an error"
+                    );
+                }
+            }
+            // Dropping the connection closes the socket and ends every stream on it, even one
+            // that would never end by itself (`logs -f`); graceful shutdown would wait for it.
+            () = registration.revoked() => {
+                info!(peer.addr = %peer_addr, "Closed the connection of a revoked certificate");
+            }
         }
+        // The connection is gone: it leaves the registry and frees its per-address place.
+        drop(registration);
+        drop(admitted);
     });
+}
+
+/// Live counters of what the per-client limits refused; see [`Bound::limit_stats`].
+#[derive(Clone)]
+pub struct LimitStatsHandle {
+    // Not `Shared`: a handle kept by a caller must not keep the audit log open past `serve`.
+    calls: Arc<Refusals>,
+    connections: PerAddressLimit,
+}
+
+impl LimitStatsHandle {
+    /// The counters as they are now.
+    pub fn snapshot(&self) -> LimitStats {
+        LimitStats {
+            connections_refused: self.connections.refused(),
+            ..self.calls.snapshot()
+        }
+    }
+}
+
+impl std::fmt::Debug for LimitStatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitStatsHandle")
+            .field("stats", &self.snapshot())
+            .finish()
+    }
 }

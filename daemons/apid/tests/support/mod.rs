@@ -602,6 +602,10 @@ pub struct Apid {
     pub stats: HandshakeStatsHandle,
     pub reload: ReloadHandle,
     pub config: ApidConfig,
+    /// The bound Prometheus endpoint, when the config asked for one.
+    pub metrics: Option<SocketAddr>,
+    /// What the per-client limits refused so far.
+    pub limits: apid::LimitStatsHandle,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), apid::Error>>>,
 }
@@ -631,12 +635,17 @@ impl Apid {
             audit: AuditSink::File(dir.path().join("audit.log")),
             handshake_timeout: Duration::from_secs(10),
             forwarding: None,
+            metrics: None,
+            revocation: None,
+            limits: basalt_config::ApidLimits::default(),
         };
         adjust(&mut config);
         let bound: Bound = Server::bind(config.clone()).await.expect("bind apid");
         let addr = bound.local_addr();
         let stats = bound.handshake_stats();
         let reload = bound.reload_handle();
+        let metrics = bound.metrics_addr();
+        let limits = bound.limit_stats();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
             let _ = rx.await;
@@ -648,6 +657,8 @@ impl Apid {
             stats,
             reload,
             config,
+            metrics,
+            limits,
             shutdown: Some(tx),
             task: Some(task),
         }
