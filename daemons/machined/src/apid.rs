@@ -19,6 +19,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use basalt_authz::{Role, RoleSet};
@@ -33,6 +34,32 @@ pub const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How often the server certificate is re-issued: at half its lifetime (Talos: every 12 h).
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// The shortest `--node-cert-ttl` accepted: renewal happens at half-life, and a certificate
+/// must outlive the time apid needs to pick it up.
+pub const MIN_NODE_CERT_TTL: Duration = Duration::from_secs(4);
+
+/// Lifetime of node certificates when machined's main set one (`--node-cert-ttl`, for tests);
+/// [`SERVER_CERT_TTL`] otherwise.
+static NODE_CERT_TTL: OnceLock<Duration> = OnceLock::new();
+
+/// Sets the lifetime of every node certificate this process issues (apid's server and
+/// impersonator certificates, trustd's server certificate, and what trustd signs for workers).
+/// Called once by machined's main, before anything is issued; a second call is ignored.
+pub fn set_node_cert_ttl(ttl: Duration) {
+    let _ = NODE_CERT_TTL.set(ttl.max(MIN_NODE_CERT_TTL));
+}
+
+/// The lifetime of node certificates: [`SERVER_CERT_TTL`] unless [`set_node_cert_ttl`] said
+/// otherwise.
+pub fn node_cert_ttl() -> Duration {
+    NODE_CERT_TTL.get().copied().unwrap_or(SERVER_CERT_TTL)
+}
+
+/// How often control-plane certificates are re-issued: at half their lifetime.
+pub fn renew_interval() -> Duration {
+    node_cert_ttl() / 2
+}
 
 /// Why apid's credentials or config could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +203,10 @@ pub fn prepare(
         // Only a node holding the CA key can mint an impersonator certificate; workers do not
         // forward (Talos: "no request forwarding").
         forwarding: holds_ca_key.then(|| files.forwarding.clone()),
+        metrics: machine.apid_metrics(),
+        // machined's revocation store keeps this file current (`crate::revocation`).
+        revocation: Some(files.dir.join(crate::revocation::APID_REVOCATION_FILE)),
+        limits: machine.apid_limits(),
     };
     let yaml = config
         .to_yaml()
@@ -217,7 +248,7 @@ pub fn issue_server_cert(
         .issue_server(&ServerCertRequest {
             common_name: is_dns_name(hostname).then(|| hostname.to_owned()),
             sans: server_sans(machine, hostname),
-            ttl: SERVER_CERT_TTL,
+            ttl: node_cert_ttl(),
         })
         .map_err(|source| Error::Issue { source })?;
     let bundle = ca_bundle(machine)?;
@@ -236,7 +267,7 @@ fn issue_impersonator_cert(
         .issue_client(&ClientCertRequest {
             common_name: Some(format!("apid@{hostname}")),
             roles: RoleSet::from_iter([Role::Impersonator]),
-            ttl: SERVER_CERT_TTL,
+            ttl: node_cert_ttl(),
         })
         .map_err(|source| Error::IssueClient { source })?;
     let writes: [(&Path, &[u8], u32, &'static str); 2] = [
@@ -395,6 +426,30 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sans, sorted);
+    }
+
+    #[test]
+    fn machine_metrics_reach_apids_config_and_are_off_by_default() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let socket = state.path().join("machined.sock");
+        let files = prepare(&control_plane(), state.path(), "node-1", &socket).expect("prepare");
+        assert_eq!(
+            ApidConfig::load(&files.config).expect("config").metrics,
+            None
+        );
+
+        let mut raw = control_plane().to_raw();
+        raw.machine.metrics = Some(basalt_config::machine::RawMetrics {
+            apid: Some("127.0.0.1:9100".to_owned()),
+            trustd: None,
+        });
+        let machine = MachineConfig::try_from(raw).expect("valid");
+        let files = prepare(&machine, state.path(), "node-1", &socket).expect("prepare");
+        let config = ApidConfig::load(&files.config).expect("config");
+        assert_eq!(
+            config.metrics,
+            Some("127.0.0.1:9100".parse().expect("addr"))
+        );
     }
 
     #[test]

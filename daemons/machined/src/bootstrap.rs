@@ -38,6 +38,7 @@ use tonic::transport::{Endpoint, Uri};
 
 use crate::apid::{self, ApidFiles, is_dns_name};
 use crate::events::{EventBus, EventPayload};
+use crate::pki_reconcile::{ConfigFeed, issued_by_machine_ca, pki_changed};
 use crate::supervise::stopped;
 
 /// Task name of the event published when the first certificate is written.
@@ -386,12 +387,15 @@ pub fn renew_delay(not_after: time::OffsetDateTime, now: time::OffsetDateTime) -
     (remaining / 2).max(MIN_RENEW_DELAY)
 }
 
-/// Obtains apid's certificate from trustd and keeps it renewed until `stop`.
+/// Obtains apid's certificate from trustd and keeps it renewed until `stop`, following the
+/// active config (`feed`): a change of `machine.ca`, `acceptedCAs` or what the SANs come from
+/// rewrites apid's `ca.pem` at once, and requests a new certificate when the current one is not
+/// issued by the new `machine.ca` or its SANs change (`crate::pki_reconcile`).
 ///
 /// `on_first` runs once, after the first certificate is written (it starts apid).
 /// Failures are logged and retried round-robin over [`targets`] with `backoff`.
-pub async fn run(
-    machine: MachineConfig,
+pub(crate) async fn run(
+    mut feed: ConfigFeed,
     files: ApidFiles,
     hostname: String,
     backoff: RetryBackoff,
@@ -399,69 +403,174 @@ pub async fn run(
     on_first: impl FnOnce() + Send,
     mut stop: watch::Receiver<bool>,
 ) {
-    let targets = targets(&machine);
-    if targets.is_empty() {
-        tracing::error!(error = %Error::NoEndpoints, "Cannot obtain apid's certificate");
-        return;
-    }
+    let mut machine = feed.current();
     let mut on_first = Some(on_first);
     let mut next = 0usize;
     let mut failures = 0u32;
     loop {
-        let target = &targets[next % targets.len()];
-        let outcome = match request(&machine, &hostname, target).await {
-            Ok(issued) => {
-                apid::write_credentials(&files, &issued.key_pem, &issued.cert_pem, &issued.ca_pem)
-                    .map(|()| issued)
-                    .map_err(|source| Error::Write { source })
+        let targets = targets(&machine);
+        let wait = match targets.get(next % targets.len().max(1)) {
+            None => {
+                tracing::error!(error = %Error::NoEndpoints, "Cannot obtain apid's certificate");
+                // Nothing to call until a config names an endpoint.
+                None
             }
-            Err(err) => Err(err),
+            Some(target) => Some(
+                attempt(
+                    &machine,
+                    &files,
+                    &hostname,
+                    target,
+                    &backoff,
+                    &events,
+                    &mut on_first,
+                    &mut next,
+                    &mut failures,
+                )
+                .await,
+            ),
         };
-        let wait = match outcome {
-            Ok(issued) => {
-                failures = 0;
-                let renewal = on_first.is_none();
-                tracing::info!(
-                    trustd = %target,
-                    serial = %issued.identity.serial,
-                    not_after = %issued.identity.not_after,
-                    "{}",
-                    if renewal {
-                        "Renewed apid's server certificate from trustd"
-                    } else {
-                        "Obtained apid's server certificate from trustd"
+        let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+        // Wait for the renewal (or retry) time, or for a config change that needs a new
+        // certificate now.
+        loop {
+            tokio::select! {
+                () = sleep_until_or_forever(deadline) => break,
+                () = feed.changed() => {
+                    let updated = feed.current();
+                    if !pki_changed(&machine, &updated, &hostname) {
+                        machine = updated;
+                        continue;
                     }
-                );
-                events.publish(
-                    EventPayload::Task(basalt_api::machine::TaskEvent {
-                        task: if renewal { TASK_RENEWED } else { TASK_ISSUED }.to_owned(),
-                        action: basalt_api::machine::task_event::Action::Stop as i32,
-                    }),
-                    None,
-                );
-                if let Some(start) = on_first.take() {
-                    start();
+                    let reissue = machine.ca_crt() != updated.ca_crt()
+                        || csr_sans(&machine, &hostname) != csr_sans(&updated, &hostname)
+                        || !issued_by_machine_ca(&files.cert, &updated);
+                    machine = updated;
+                    write_ca_bundle(&machine, &files);
+                    if reissue || deadline.is_none() {
+                        tracing::info!(
+                            "The machine config changed what apid's certificate depends on; \
+                             requesting a new one from trustd"
+                        );
+                        failures = 0;
+                        break;
+                    }
                 }
-                renew_delay(issued.identity.not_after, time::OffsetDateTime::now_utc())
+                () = stopped(&mut stop) => return,
             }
-            Err(err) => {
-                failures = failures.saturating_add(1);
-                next = next.wrapping_add(1);
-                let delay = backoff.delay(failures, random_u32());
+        }
+    }
+}
+
+/// One request to `target` and what follows from it; returns how long to wait before the
+/// next one (the renewal time, or the backoff after a failure).
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    machine: &MachineConfig,
+    files: &ApidFiles,
+    hostname: &str,
+    target: &Target,
+    backoff: &RetryBackoff,
+    events: &EventBus,
+    on_first: &mut Option<impl FnOnce() + Send>,
+    next: &mut usize,
+    failures: &mut u32,
+) -> Duration {
+    let outcome = match request(machine, hostname, target).await {
+        Ok(issued) => {
+            // apid accepts clients of the CAs this node's config trusts; trustd's bundle is
+            // the fallback if the config's cannot be read.
+            let bundle = apid::ca_bundle(machine).unwrap_or_else(|_| issued.ca_pem.clone());
+            apid::write_credentials(files, &issued.key_pem, &issued.cert_pem, &bundle)
+                .map(|()| issued)
+                .map_err(|source| Error::Write { source })
+        }
+        Err(err) => Err(err),
+    };
+    match outcome {
+        Ok(issued) => {
+            let renewal = on_first.is_none();
+            tracing::info!(
+                trustd = %target,
+                serial = %issued.identity.serial,
+                not_after = %issued.identity.not_after,
+                "{}",
+                if renewal {
+                    "Renewed apid's server certificate from trustd"
+                } else {
+                    "Obtained apid's server certificate from trustd"
+                }
+            );
+            events.publish(
+                EventPayload::Task(basalt_api::machine::TaskEvent {
+                    task: if renewal { TASK_RENEWED } else { TASK_ISSUED }.to_owned(),
+                    action: basalt_api::machine::task_event::Action::Stop as i32,
+                }),
+                None,
+            );
+            if let Some(start) = on_first.take() {
+                start();
+            }
+            if issued_by_machine_ca(&files.cert, machine) {
+                *failures = 0;
+                renew_delay(issued.identity.not_after, time::OffsetDateTime::now_utc())
+            } else {
+                // trustd still signs with another CA (it reloads a new `machine.ca` within a
+                // second or two of its control plane): keep this certificate, ask again soon.
+                *failures = failures.saturating_add(1);
+                let delay = backoff.delay(*failures, random_u32());
                 tracing::warn!(
                     trustd = %target,
-                    attempt = failures,
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    error = &err as &dyn std::error::Error,
-                    "Cannot obtain apid's server certificate from trustd"
+                    "trustd's certificate is not issued by machine.ca; asking again"
                 );
                 delay
             }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stopped(&mut stop) => return,
         }
+        Err(err) => {
+            *failures = failures.saturating_add(1);
+            *next = next.wrapping_add(1);
+            let delay = backoff.delay(*failures, random_u32());
+            tracing::warn!(
+                trustd = %target,
+                attempt = *failures,
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                error = &err as &dyn std::error::Error,
+                "Cannot obtain apid's server certificate from trustd"
+            );
+            delay
+        }
+    }
+}
+
+/// Rewrites apid's `ca.pem` from `machine` (apid reloads it); a failure is logged and the
+/// next certificate write tries again.
+fn write_ca_bundle(machine: &MachineConfig, files: &ApidFiles) {
+    let written = apid::ca_bundle(machine).and_then(|bundle| {
+        basalt_config::fs::write_atomic(
+            &files.ca,
+            bundle.as_bytes(),
+            0o644,
+            basalt_config::fs::Overwrite::Allow,
+        )
+        .map_err(|source| apid::Error::Write {
+            what: "CA bundle",
+            source,
+        })
+    });
+    match written {
+        Ok(()) => tracing::info!("Rewrote apid's CA bundle from the machine config"),
+        Err(err) => tracing::error!(
+            error = &err as &dyn std::error::Error,
+            "Cannot rewrite apid's CA bundle"
+        ),
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -82,6 +82,13 @@ pub enum Error {
         #[source]
         source: crate::apid::Error,
     },
+    /// The revocation list could not be opened (or apid's copy not written) at bind.
+    #[error("open the revocation list")]
+    Revocation {
+        /// What failed.
+        #[source]
+        source: crate::revocation::RevocationError,
+    },
     /// trustd's credentials or config could not be produced.
     #[error("prepare trustd's credentials and config")]
     Trustd {
@@ -318,6 +325,7 @@ impl From<Error> for Status {
             | Error::ParseProc { .. }
             | Error::BlockingTask { .. }
             | Error::Apid { .. }
+            | Error::Revocation { .. }
             | Error::Trustd { .. }
             | Error::CreateLogDir { .. }
             | Error::OpenServiceLog { .. }

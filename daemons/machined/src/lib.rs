@@ -84,7 +84,9 @@ pub mod events;
 mod files;
 mod layers;
 mod lifecycle;
+mod pki_reconcile;
 mod procfs;
+pub mod revocation;
 mod server;
 mod services;
 pub mod supervise;
@@ -103,7 +105,7 @@ pub use crate::files::{
 };
 pub use crate::lifecycle::BOOT_READY_PATIENCE;
 pub use crate::server::{Bound, Server};
-pub use crate::supervise::{STOP_GRACE, ServicesConfig};
+pub use crate::supervise::{STOP_GRACE, ServicesConfig, reap_orphans};
 
 /// Limits of `basalt.v1.DiagnosticsService/Generate`.
 pub mod diagnostics {

@@ -76,6 +76,23 @@ struct Cli {
     /// Load and validate the config, report every problem, and exit (0 if valid, 64 if not).
     #[arg(long)]
     check_config: bool,
+
+    /// Lifetime of the node certificates machined issues or has trustd issue (apid's server
+    /// and impersonator certificates, trustd's, workers'), e.g. `20s`; renewed at half-life.
+    /// For tests: the default is 24h, as Talos.
+    #[arg(long, value_name = "DURATION", value_parser = parse_cert_ttl, hide = true)]
+    node_cert_ttl: Option<std::time::Duration>,
+}
+
+fn parse_cert_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = basalt_config::apid::parse_duration(text)?;
+    if ttl < machined::apid::MIN_NODE_CERT_TTL {
+        return Err(format!(
+            "must be at least {}s",
+            machined::apid::MIN_NODE_CERT_TTL.as_secs()
+        ));
+    }
+    Ok(ttl)
 }
 
 fn main() -> ExitCode {
@@ -105,6 +122,13 @@ fn main() -> ExitCode {
         tracing::info!(config = %cli.config.display(), "Configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if let Some(ttl) = cli.node_cert_ttl {
+        machined::apid::set_node_cert_ttl(ttl);
+        tracing::warn!(
+            ttl_s = ttl.as_secs(),
+            "Node certificates use a shortened lifetime"
+        );
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,6 +156,8 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    // Orphans our services leave behind come to machined (PID 1 or a subreaper): reap them.
+    machined::reap_orphans();
     let bound = Server::bind(config).await.context("start machined")?;
     bound
         .serve(async move {

@@ -4,8 +4,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use basalt_api::basalt::v1::certificate_service_server::CertificateServiceServer;
 use basalt_api::basalt::v1::config_service_server::ConfigServiceServer;
 use basalt_api::basalt::v1::diagnostics_service_server::DiagnosticsServiceServer;
+use basalt_api::basalt::v1::revocation_service_server::RevocationServiceServer;
 use basalt_api::machine::machine_service_server::MachineServiceServer;
 use basalt_sys::Host;
 use tokio::net::UnixListener;
@@ -26,9 +28,12 @@ use crate::events::EventBus;
 use crate::files::Files;
 use crate::layers::Stack;
 use crate::lifecycle::{Lifecycle, LifecycleParts, StateLayout};
+use crate::pki_reconcile::{self, ConfigFeed};
 use crate::procfs::{ProcFs, ProcessUnits};
-use crate::services::{ConfigApi, Diagnostics, MachineApi, VersionFacts, chain};
-use crate::supervise::{ServiceManager, ServiceSpec, stopped};
+use crate::revocation::{APID_REVOCATION_FILE, ProtectedCert, RevocationStore};
+use crate::services::RevocationApi;
+use crate::services::{CertificateApi, ConfigApi, Diagnostics, MachineApi, VersionFacts, chain};
+use crate::supervise::{ServiceManager, ServiceSpec};
 use crate::trustd::{self as trustd_files, TrustdFiles};
 
 /// Entry point of the two-phase API: [`Server::bind`], then [`Bound::serve`].
@@ -153,6 +158,53 @@ impl Server {
             Some(lifecycle.clone()),
         );
 
+        // The certificate status reports the active config's CAs, like the signer below.
+        let certificates = CertificateApi::new(
+            {
+                let store = config_store.clone();
+                let fixed = machine_config.clone();
+                move || match &store {
+                    Some(store) => Some(store.current().config.clone()),
+                    None => fixed.clone(),
+                }
+            },
+            apid.as_ref().map(|(_, files, _)| files.clone()),
+            trustd.as_ref().map(|(_, files)| files.clone()),
+        );
+        // The deny list apid enforces; opened (and apid's copy written) before apid starts.
+        let revocation = RevocationApi::new(
+            match &state_dir {
+                Some(dir) => Some(
+                    RevocationStore::open(
+                        dir,
+                        apid.as_ref()
+                            .map(|(_, files, _)| files.dir.join(APID_REVOCATION_FILE)),
+                    )
+                    .map_err(|source| Error::Revocation { source })?,
+                ),
+                None => None,
+            },
+            {
+                // The CAs of the active config can never be revoked (followed across applies).
+                let store = config_store.clone();
+                let fixed = machine_config.clone();
+                Arc::new(move || {
+                    let config = match &store {
+                        Some(store) => Some(store.current().config.clone()),
+                        None => fixed.clone(),
+                    };
+                    config
+                        .map(|config| {
+                            std::iter::once(config.ca_crt())
+                                .chain(config.accepted_cas())
+                                .filter_map(|pem| pem.as_str().ok())
+                                .flat_map(ProtectedCert::from_pem_bundle)
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+            },
+        );
         // GenerateClientConfiguration signs with the active config's CA (followed across
         // applies when there is a store).
         let client_configs = match &config_store {
@@ -191,6 +243,8 @@ impl Server {
             lifecycle,
             config_api,
             config_store,
+            revocation,
+            certificates,
         })
     }
 }
@@ -209,6 +263,8 @@ pub struct Bound {
     lifecycle: Lifecycle,
     config_api: ConfigApi,
     config_store: Option<ConfigStore>,
+    revocation: RevocationApi,
+    certificates: CertificateApi,
 }
 
 impl Bound {
@@ -249,7 +305,8 @@ impl Bound {
     /// then SIGKILL) and removes the socket file.
     ///
     /// Services (apid, trustd and `machine.services`) are started first; on a control plane
-    /// apid's and trustd's server certificates are re-issued every [`apid::RENEW_INTERVAL`].
+    /// apid's and trustd's server certificates are re-issued at half-life and whenever the
+    /// active config changes what they depend on (`crate::pki_reconcile`).
     /// On a worker apid starts once its certificate came from trustd, and is renewed at
     /// half-life ([`bootstrap::run`]).
     pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
@@ -268,6 +325,8 @@ impl Bound {
             lifecycle,
             config_api,
             config_store,
+            revocation,
+            certificates,
         } = self;
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -278,7 +337,7 @@ impl Bound {
                 supervised.launch_except(&["apid"]);
                 let services = supervised.clone();
                 children.spawn(bootstrap::run(
-                    launch.machine,
+                    ConfigFeed::new(launch.machine, config_store.as_ref()),
                     files,
                     hostname,
                     RetryBackoff::default(),
@@ -289,8 +348,9 @@ impl Bound {
             }
             Some((launch, files, _)) => {
                 supervised.launch();
-                children.spawn(renew_apid_cert(
-                    launch,
+                // Renewal at half-life and live CA/SAN/token changes (`crate::pki_reconcile`).
+                children.spawn(pki_reconcile::run_control_plane(
+                    ConfigFeed::new(launch.machine, config_store.as_ref()),
                     files,
                     trustd,
                     host,
@@ -302,7 +362,13 @@ impl Bound {
         lifecycle.start_boot();
         if let Some(store) = config_store {
             // Reverts a TRY apply not confirmed in time (re-armed from disk at every start).
-            children.spawn(store.run_try_watchdog(supervised.events().clone(), stop_rx.clone()));
+            children.spawn(
+                store
+                    .clone()
+                    .run_try_watchdog(supervised.events().clone(), stop_rx.clone()),
+            );
+            // Adds, removes and restarts `machine.services` as the active config changes.
+            children.spawn(supervised.clone().follow_config(store, stop_rx.clone()));
         }
 
         let router = tonic::transport::Server::builder()
@@ -321,7 +387,9 @@ impl Bound {
                 ConfigServiceServer::new(config_api)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            );
+            )
+            .add_service(RevocationServiceServer::new(revocation))
+            .add_service(CertificateServiceServer::new(certificates));
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let serve =
@@ -422,45 +490,4 @@ fn prepare_trustd(
         "Issued trustd's server certificate"
     );
     Ok((launch, files))
-}
-
-/// Re-issues apid's server certificate every [`apid::RENEW_INTERVAL`] until stopped. A failure
-/// is logged and retried at the next interval (the current certificate is still valid for
-/// another half-life).
-async fn renew_apid_cert(
-    launch: ApidLaunch,
-    files: ApidFiles,
-    trustd: Option<TrustdFiles>,
-    host: Arc<dyn Host>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(apid::RENEW_INTERVAL) => {}
-            () = stopped(&mut stop) => return,
-        }
-        let issued = host
-            .hostname()
-            .map_err(|source| Error::Host { source })
-            .and_then(|hostname| {
-                apid::issue_server_cert(&launch.machine, &files, &hostname)
-                    .map_err(|source| Error::Apid { source })
-            });
-        match &issued {
-            Ok(_) => tracing::info!("Renewed apid's server certificate"),
-            Err(err) => tracing::error!(
-                error = err as &dyn std::error::Error,
-                "Cannot renew apid's server certificate"
-            ),
-        }
-        if let (Some(trustd), Ok(hostname)) = (&trustd, host.hostname()) {
-            match trustd_files::issue_server_cert(&launch.machine, trustd, &hostname) {
-                Ok(()) => tracing::info!("Renewed trustd's server certificate"),
-                Err(err) => tracing::error!(
-                    error = &err as &dyn std::error::Error,
-                    "Cannot renew trustd's server certificate"
-                ),
-            }
-        }
-    }
 }

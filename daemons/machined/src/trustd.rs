@@ -22,7 +22,7 @@ use basalt_config::trustd::{CertKeyFiles, DEFAULT_HANDSHAKE_TIMEOUT};
 use basalt_config::{AcceptedToken, MachineConfig, RateLimit, TrustdConfig, TrustdPolicy};
 use basalt_pki::{CertificateAuthority, ServerCertRequest};
 
-use crate::apid::{SERVER_CERT_TTL, is_dns_name, server_sans};
+use crate::apid::{is_dns_name, node_cert_ttl, server_sans};
 
 /// Why trustd's credentials or config could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +137,19 @@ pub fn prepare(
 ) -> Result<TrustdFiles, Error> {
     let files = TrustdFiles::under(state_dir)?;
     ensure_private_dir(&files.dir).map_err(|source| Error::CreateDir { source })?;
+    write_all(machine, &files, hostname)?;
+    Ok(files)
+}
+
+/// Writes every file of `files` from `machine`: the CA, the accepted CAs, a fresh server
+/// certificate and `trustd.yaml` (tokens). Used at start and when the active config's CAs or
+/// tokens change; trustd reloads all of it by itself. The config goes last: it is what makes
+/// trustd look at a new accepted-CA bundle.
+pub fn write_all(
+    machine: &MachineConfig,
+    files: &TrustdFiles,
+    hostname: &str,
+) -> Result<(), Error> {
     let (ca_crt, ca_key) = ca_pems(machine)?;
     write(&files.ca_key, &ca_key, 0o600, "CA key")?;
     write(&files.ca_cert, &ca_crt, 0o644, "CA certificate")?;
@@ -154,15 +167,9 @@ pub fn prepare(
         write(&files.accepted, &accepted, 0o644, "accepted CAs")?;
         Some(files.accepted.clone())
     };
-    issue_server_cert(machine, &files, hostname)?;
+    issue_server_cert(machine, files, hostname)?;
 
-    let tokens = std::iter::once(machine.token())
-        .chain(machine.accepted_tokens())
-        .map(|token| AcceptedToken {
-            token: token.clone(),
-            expires: None,
-        })
-        .collect();
+    let tokens = trustd_tokens(machine);
     let config = TrustdConfig {
         listen: machine.trustd_listen(),
         tls: CertKeyFiles {
@@ -176,17 +183,21 @@ pub fn prepare(
         accepted_cas,
         tokens,
         journal: files.journal.clone(),
-        policy: TrustdPolicy::default(),
+        // Workers' certificates live as long as the control plane's own (`--node-cert-ttl`).
+        policy: TrustdPolicy {
+            ttl: node_cert_ttl(),
+            ..TrustdPolicy::default()
+        },
         rate_limit: RateLimit::default(),
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        metrics: machine.trustd_metrics(),
     };
     let yaml = config
         .to_yaml()
         .map_err(|source| Error::Config { source })?;
     // Fail here, with machined's error, rather than in a crash-looping child.
     TrustdConfig::from_yaml(&yaml).map_err(|source| Error::Config { source })?;
-    write(&files.config, &yaml, 0o600, "config")?;
-    Ok(files)
+    write(&files.config, &yaml, 0o600, "config")
 }
 
 /// Issues a fresh server certificate for trustd from `machine.ca` (same CN and SANs as apid's,
@@ -203,12 +214,23 @@ pub fn issue_server_cert(
         .issue_server(&ServerCertRequest {
             common_name: is_dns_name(hostname).then(|| hostname.to_owned()),
             sans: server_sans(machine, hostname),
-            ttl: SERVER_CERT_TTL,
+            ttl: node_cert_ttl(),
         })
         .map_err(|source| Error::Issue { source })?;
     // The key first, as for apid: a reload between the writes fails on a mismatch and retries.
     write(&files.key, &issued.key_pem, 0o600, "server key")?;
     write(&files.cert, &issued.cert_pem, 0o644, "server certificate")
+}
+
+/// trustd's `tokens`: `machine.token` (no expiry) first, then each `machine.acceptedTokens`
+/// entry with its expiry.
+pub fn trustd_tokens(machine: &MachineConfig) -> Vec<AcceptedToken> {
+    std::iter::once(AcceptedToken {
+        token: machine.token().clone(),
+        expires: None,
+    })
+    .chain(machine.accepted_tokens().iter().cloned())
+    .collect()
 }
 
 fn ca_pems(machine: &MachineConfig) -> Result<(String, String), Error> {

@@ -9,17 +9,11 @@ use serde_yaml::Value;
 /// Keys whose change needs a reboot; everything else applies live.
 ///
 /// - `machine.type`: decides whether machined issues apid's certificate and runs trustd.
-/// - `machine.ca`: the issuing CA; apid's server certificate and every trust decision hang on
-///   it (use `acceptedCAs` to rotate without a reboot).
 /// - `machine.apid` / `machine.trustd` (listen addresses): the listeners are bound once.
 ///
-/// Services, `certSANs`, hostname, tokens, `acceptedCAs` and `cluster` apply live.
-pub const REBOOT_KEYS: &[&str] = &[
-    "machine.type",
-    "machine.ca",
-    "machine.apid",
-    "machine.trustd",
-];
+/// Services, `certSANs`, hostname, tokens, `ca`, `acceptedCAs` and `cluster` apply live: the
+/// certificates and trustd's files follow them within seconds (`crate::pki_reconcile`).
+pub const REBOOT_KEYS: &[&str] = &["machine.type", "machine.apid", "machine.trustd"];
 
 /// How long the diff of a dry run may take to compute before it falls back to a coarser one.
 const DIFF_TIMEOUT: Duration = Duration::from_secs(1);

@@ -11,9 +11,9 @@
 //!    key path, and a `ConfigValidationErrorEvent` is published.
 //! 4. Unless `dry_run`: the store's change lock is taken without waiting; a concurrent apply
 //!    gets FailedPrecondition "another apply configuration is already in progress".
-//! 5. The change is classified ([`Change`]): services, certSANs, hostname, tokens,
-//!    acceptedCAs, cluster apply live; `machine.type`, `machine.ca` and listen addresses need a
-//!    reboot. Then per mode:
+//! 5. The change is classified ([`Change`]): services, certSANs, hostname, tokens, ca,
+//!    acceptedCAs, cluster apply live (`crate::pki_reconcile` reissues certificates and
+//!    rewrites trustd's files); `machine.type` and listen addresses need a reboot. Then per mode:
 //!    - `AUTO`: live → `NO_REBOOT` (history `AUTO(NO_REBOOT)`); needs a reboot → staged, then
 //!      the lifecycle's reboot sequence starts (`REBOOT`, history `AUTO(REBOOT)`; its boot
 //!      activates the staged config). Without a lifecycle the config stays staged (`STAGED`,
@@ -171,16 +171,19 @@ impl ConfigApi {
     /// Parses and validates; every problem in one InvalidArgument, also published as a
     /// `ConfigValidationErrorEvent`.
     fn validate(&self, yaml: &str) -> Result<MachineConfig, Error> {
-        MachineConfig::from_yaml(yaml).map_err(|err| {
-            let reason = chain(&err);
-            self.events.publish(
-                EventPayload::ConfigValidationError(machine::ConfigValidationErrorEvent {
-                    error: reason.clone(),
-                }),
-                None,
-            );
-            Error::InvalidArgument { reason }
-        })
+        MachineConfig::from_yaml(yaml)
+            .map_err(|err| chain(&err))
+            // A CA machined cannot issue from would leave the node's certificates unrenewable.
+            .and_then(|config| crate::pki_reconcile::check_issuing_ca(&config).map(|()| config))
+            .map_err(|reason| {
+                self.events.publish(
+                    EventPayload::ConfigValidationError(machine::ConfigValidationErrorEvent {
+                        error: reason.clone(),
+                    }),
+                    None,
+                );
+                Error::InvalidArgument { reason }
+            })
     }
 
     async fn execute(
@@ -284,10 +287,8 @@ impl ConfigApi {
             .await;
         self.task("applyConfiguration", machine::task_event::Action::Stop);
         let version = committed.map_err(|source| Error::ConfigStore { source })?;
-        // TODO(issue-4): a live change of `machine.certSANs` or `machine.hostname` should
-        // reissue apid's server certificate at once; `server::renew_apid_cert` still signs with
-        // the config machined started with. The hook belongs where apid's files are managed,
-        // following `ConfigStore::subscribe`.
+        // Certificates, CA bundles and trustd's tokens follow the new active config through
+        // `ConfigStore::subscribe` (`crate::pki_reconcile`).
         // The reboot sequence takes the lock itself to activate the staged config.
         drop(guard);
         tracing::info!(

@@ -1,18 +1,22 @@
 //! The gRPC services machined serves, and the list of methods they implement.
 
+mod certs;
 mod config;
 mod diagnostics;
 mod machine;
+mod revocation;
 
 use std::pin::Pin;
 
 use tokio_stream::Stream;
 use tonic::Status;
 
+pub(crate) use self::certs::CertificateApi;
 pub(crate) use self::config::{ConfigApi, chain};
 pub(crate) use self::diagnostics::Diagnostics;
 pub use self::diagnostics::{GENERATE_MAX_COUNT, GENERATE_MAX_SIZE};
 pub(crate) use self::machine::{MachineApi, VersionFacts};
+pub(crate) use self::revocation::RevocationApi;
 
 /// Every method machined implements. Any other path is answered Unimplemented by the
 /// `NotImplemented` layer before its request is decoded.
@@ -51,6 +55,9 @@ pub(crate) const SERVED: &[&str] = &[
     "/basalt.v1.ConfigService/Rollback",
     "/basalt.v1.ConfigService/Confirm",
     "/basalt.v1.ConfigService/Get",
+    "/basalt.v1.RevocationService/Revoke",
+    "/basalt.v1.RevocationService/ListRevoked",
+    "/basalt.v1.CertificateService/Status",
 ];
 
 /// A boxed response stream, the type of every server-streaming method.
