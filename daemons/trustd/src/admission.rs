@@ -22,6 +22,7 @@ use std::time::{Instant, SystemTime};
 
 use basalt_authz::metadata::TOKEN;
 use basalt_config::TrustdConfig;
+use tokio::sync::watch;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -31,6 +32,7 @@ use tracing::warn;
 use crate::CERTIFICATE_METHOD;
 use crate::error::Error;
 use crate::limiter::{PeerKey, PeerLimiter, Refusal};
+use crate::metrics::TrustdMetrics;
 use crate::tokens::{TokenCheck, TokenSet};
 
 /// What the handler learns about an admitted call.
@@ -45,24 +47,34 @@ pub(crate) struct Admitted {
 /// The admission decision, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    tokens: TokenSet,
+    /// The accepted tokens as last (re)loaded (`crate::trust`).
+    tokens: watch::Receiver<Arc<TokenSet>>,
     limiter: PeerLimiter,
     per_minute: u32,
+    /// Refusals are counted here (`crate::metrics`).
+    metrics: Arc<TrustdMetrics>,
 }
 
 impl Gate {
-    /// A gate for the configured tokens and limits.
-    pub(crate) fn new(config: &TrustdConfig) -> Self {
+    /// A gate for the configured limits, checking tokens against what `tokens` holds at
+    /// each call.
+    pub(crate) fn new(config: &TrustdConfig, tokens: watch::Receiver<Arc<TokenSet>>) -> Self {
         Self {
-            tokens: TokenSet::new(&config.tokens),
+            tokens,
             limiter: PeerLimiter::new(config.rate_limit),
             per_minute: config.rate_limit.per_peer_per_minute,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The counters this gate (and the signer) feed.
+    pub(crate) fn metrics(&self) -> &Arc<TrustdMetrics> {
+        &self.metrics
     }
 
     /// How many configured tokens are valid now.
     pub(crate) fn valid_tokens(&self) -> usize {
-        self.tokens.valid_count(SystemTime::now())
+        self.tokens.borrow().valid_count(SystemTime::now())
     }
 
     /// Steps 3 and 4 of the module docs for a call from `peer` with `token` (first value).
@@ -72,6 +84,7 @@ impl Gate {
         match self.limiter.admit(key, now) {
             Ok(()) => {}
             Err(Refusal::LockedOut { retry_after }) => {
+                self.metrics.locked_out();
                 warn!(peer.addr = %peer, "Refused: peer is locked out after bad tokens");
                 return Err(Error::LockedOut {
                     peer: key.to_string(),
@@ -79,6 +92,7 @@ impl Gate {
                 });
             }
             Err(Refusal::RateLimited { retry_after }) => {
+                self.metrics.rate_limited();
                 warn!(peer.addr = %peer, "Refused: peer exceeded its rate limit");
                 return Err(Error::RateLimited {
                     peer: key.to_string(),
@@ -88,10 +102,13 @@ impl Gate {
             }
         }
         let Some(token) = token else {
+            self.metrics.token_failure();
             warn!(peer.addr = %peer, "Refused: no token");
             return Err(Error::MissingToken);
         };
-        let reason = match self.tokens.check(token, SystemTime::now()) {
+        // A snapshot: a reload during the check does not change this call's outcome.
+        let tokens = Arc::clone(&self.tokens.borrow());
+        let reason = match tokens.check(token, SystemTime::now()) {
             TokenCheck::Accepted { fingerprint } => {
                 self.limiter.record_success(key);
                 return Ok(Admitted {
@@ -104,6 +121,7 @@ impl Gate {
             TokenCheck::Expired { fingerprint } => format!("expired token {fingerprint}"),
             TokenCheck::Unknown => "unknown token".to_owned(),
         };
+        self.metrics.token_failure();
         let lockout = self.limiter.record_failure(key, now);
         warn!(
             peer.addr = %peer,
@@ -236,7 +254,8 @@ mod tests {
             lockout_after,
             lockout_for: Duration::from_secs(60),
         };
-        Gate::new(&config)
+        let (_, tokens) = watch::channel(Arc::new(TokenSet::new(&config.tokens)));
+        Gate::new(&config, tokens)
     }
 
     fn addr(text: &str) -> SocketAddr {

@@ -26,6 +26,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The metrics address could not be bound.
+    #[error("bind the metrics endpoint {addr}")]
+    BindMetrics {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
     /// trustd's own TLS credentials could not be read or do not form a usable config.
     #[error("load TLS credentials")]
     LoadCredentials(#[source] ReloadError),
@@ -68,6 +78,20 @@ pub enum Error {
         /// Zero-based position in the bundle.
         index: usize,
     },
+
+    /// The config file could not be re-read for a reload of tokens and CAs.
+    #[error("re-read the config {}", .path.display())]
+    ReloadConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What was wrong with it.
+        #[source]
+        source: Box<basalt_config::Error>,
+    },
+
+    /// The reload task is gone (trustd is shutting down).
+    #[error("the reloader has stopped")]
+    ReloaderStopped,
 
     /// The issuance journal could not be opened for appending.
     #[error("open the issuance journal {}", .path.display())]
@@ -255,11 +279,14 @@ impl From<Error> for Status {
             | Error::ReadIssued(_)
             | Error::Journal(_)
             | Error::BindListener { .. }
+            | Error::BindMetrics { .. }
             | Error::LoadCredentials(_)
             | Error::ReadFile { .. }
             | Error::LoadCa { .. }
             | Error::LoadAcceptedCas { .. }
             | Error::AcceptedCaNotACa { .. }
+            | Error::ReloadConfig { .. }
+            | Error::ReloaderStopped
             | Error::OpenJournal { .. }
             | Error::Serve(_)) => basalt_grpc::internal(&err),
         }

@@ -45,10 +45,12 @@ mod error;
 mod journal;
 mod limiter;
 mod log;
+mod metrics;
 mod panic;
 mod server;
 mod service;
 mod tokens;
+mod trust;
 
 pub use basalt_grpc::{HandshakeFailure, HandshakeStats, HandshakeStatsHandle, ReloadHandle};
 
@@ -60,6 +62,7 @@ pub use crate::server::{
     REQUEST_TIMEOUT, SHUTDOWN_GRACE, Server, check_config,
 };
 pub use crate::tokens::token_fingerprint;
+pub use crate::trust::TrustReloads;
 
 /// The one RPC trustd serves (Talos's path).
 pub const CERTIFICATE_METHOD: &str = "/securityapi.SecurityService/Certificate";

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let usage = matches!(
@@ -112,20 +112,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: TrustdConfig) -> anyhow::Result<()> {
+async fn run(config: TrustdConfig, config_path: PathBuf) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
 
-    let bound = Server::bind(config).await?;
+    // Token and CA changes in the config file (machined rewrites it on rotation) are reloaded.
+    let bound = Server::bind(config).await?.watch_config_file(config_path);
     info!(addr = %bound.local_addr(), "Listening");
 
     let reload = bound.reload_handle();
+    let trust = bound.trust_reloads();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            info!("SIGHUP: reloading TLS credentials");
-            // Failures are logged by the reloader; the previous credentials stay in use.
+            info!("SIGHUP: reloading TLS credentials, tokens and CAs");
+            // Failures are logged by the reloaders; the previous material stays in use.
             let _ = reload.reload().await;
+            let _ = trust.reload().await;
         }
     });
     let shutdown = async move {

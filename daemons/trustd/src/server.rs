@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,7 @@ use basalt_grpc::reload::DEFAULT_POLL_INTERVAL;
 use basalt_grpc::{
     CredentialFiles, HandshakeStatsHandle, ReloadHandle, ServerConfigReloader, TlsAcceptLoop,
 };
-use basalt_pki::{CertificateAuthority, Identity, SigningPolicy};
-use rustls::pki_types::CertificateDer;
+use basalt_pki::SigningPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -34,8 +33,10 @@ use crate::admission::{AdmissionLayer, Gate};
 use crate::error::Error;
 use crate::journal::Journal;
 use crate::log::RequestLogLayer;
+use crate::metrics::Endpoint;
 use crate::panic::CatchPanicLayer;
 use crate::service::{CertificateService, Signer};
+use crate::trust::{TrustReloader, TrustReloads};
 
 /// How long open calls get to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -73,7 +74,7 @@ impl Server {
     /// configuration problem shows up here rather than at the first call.
     pub async fn bind(config: TrustdConfig) -> Result<Bound, Error> {
         let (reloader, tls, reload) = load_credentials(&config)?;
-        let (ca, bundle) = load_ca(&config)?;
+        let (trust_reloader, tokens, signing, trust_reloads) = TrustReloader::load(&config)?;
         let file = Journal::open_file(&config.journal).map_err(|source| Error::OpenJournal {
             path: config.journal.clone(),
             source,
@@ -93,7 +94,8 @@ impl Server {
             })?;
         let acceptor = TlsAcceptLoop::new(listener, tls, config.handshake_timeout);
         let (journal, journal_task) = Journal::start(config.journal.clone(), file);
-        let gate = Gate::new(&config);
+        let gate = Gate::new(&config, tokens);
+        let metrics = Endpoint::bind(&config, Arc::clone(gate.metrics()), acceptor.stats()).await?;
         let valid_tokens = gate.valid_tokens();
         if valid_tokens == 0 {
             warn!("Every configured token has expired; every call will be refused");
@@ -104,10 +106,14 @@ impl Server {
             max_csr_bytes: config.policy.max_csr_bytes,
             require_ca_key_type: true,
         };
+        let (ca_algorithm, bundle_bytes) = {
+            let signing = signing.borrow();
+            (signing.ca.algorithm(), signing.bundle.len())
+        };
         info!(
             addr = %local_addr,
-            ca.algorithm = %ca.algorithm(),
-            ca.bundle_bytes = bundle.len(),
+            ca.algorithm = %ca_algorithm,
+            ca.bundle_bytes = bundle_bytes,
             tokens.valid = valid_tokens,
             journal = %config.journal.display(),
             policy.ttl_s = policy.ttl.as_secs(),
@@ -119,15 +125,18 @@ impl Server {
             acceptor,
             reloader,
             reload,
-            gate: Arc::new(gate),
+            trust_reloader,
+            trust_reloads,
             max_message_size: policy.max_csr_bytes + MESSAGE_SIZE_MARGIN,
             signer: Arc::new(Signer {
-                ca,
+                signing,
                 policy,
-                bundle,
                 journal,
+                metrics: Arc::clone(gate.metrics()),
             }),
+            gate: Arc::new(gate),
             journal_task,
+            metrics,
         })
     }
 }
@@ -137,7 +146,7 @@ impl Server {
 /// and the journal must be appendable. Used by `trustd --check-config`.
 pub fn check_config(config: &TrustdConfig) -> Result<(), Error> {
     load_credentials(config)?;
-    load_ca(config)?;
+    crate::trust::load_ca(config)?;
     Journal::check_writable(&config.journal).map_err(|source| Error::OpenJournal {
         path: config.journal.clone(),
         source,
@@ -165,53 +174,6 @@ fn load_credentials(config: &TrustdConfig) -> Result<CredentialParts, Error> {
     .map_err(Error::LoadCredentials)
 }
 
-/// The issuing CA and the response bundle: the issuing CA first, then each accepted CA not
-/// already listed, re-encoded from the parsed certificates so that nothing else in the bundle
-/// file (a key block, comments) is ever sent.
-fn load_ca(config: &TrustdConfig) -> Result<(CertificateAuthority, Vec<u8>), Error> {
-    let cert = read_text(&config.ca.cert)?;
-    let key = read_text(&config.ca.key)?;
-    let ca = CertificateAuthority::from_pem(&cert, &key).map_err(|source| Error::LoadCa {
-        path: config.ca.cert.clone(),
-        source,
-    })?;
-    let mut certs: Vec<CertificateDer<'static>> =
-        vec![CertificateDer::from(ca.cert_der().to_vec())];
-    if let Some(path) = &config.accepted_cas {
-        let bytes = std::fs::read(path).map_err(|source| Error::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
-        let bad = |source| Error::LoadAcceptedCas {
-            path: path.clone(),
-            source,
-        };
-        for (index, der) in basalt_pki::certificates_from_pem(&bytes)
-            .map_err(bad)?
-            .into_iter()
-            .enumerate()
-        {
-            if !Identity::from_der(&der).map_err(bad)?.is_ca {
-                return Err(Error::AcceptedCaNotACa {
-                    path: path.clone(),
-                    index,
-                });
-            }
-            if !certs.contains(&der) {
-                certs.push(der);
-            }
-        }
-    }
-    Ok((ca, basalt_pki::certificates_to_pem(&certs).into_bytes()))
-}
-
-fn read_text(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// The layers around the router, outermost first.
 type Layers = Stack<AdmissionLayer, Stack<CatchPanicLayer, Stack<RequestLogLayer, NoLayer>>>;
 
@@ -237,11 +199,14 @@ pub struct Bound {
     acceptor: TlsAcceptLoop,
     reloader: ServerConfigReloader,
     reload: ReloadHandle,
+    trust_reloader: TrustReloader,
+    trust_reloads: TrustReloads,
     stats: HandshakeStatsHandle,
     gate: Arc<Gate>,
     signer: Arc<Signer>,
     max_message_size: usize,
     journal_task: JoinHandle<()>,
+    metrics: Option<Endpoint>,
 }
 
 impl Bound {
@@ -256,9 +221,28 @@ impl Bound {
         self.reload.clone()
     }
 
+    /// Reloads of the join tokens and CAs (`crate::trust`): counts, and on-demand reloads (the
+    /// binary wires SIGHUP to it). The files are also polled every second while serving.
+    pub fn trust_reloads(&self) -> TrustReloads {
+        self.trust_reloads.clone()
+    }
+
+    /// Also re-reads `path`, the config file this trustd was started from, when it changes:
+    /// new `tokens`, `ca` and `acceptedCas` take effect without a restart.
+    #[must_use]
+    pub fn watch_config_file(mut self, path: PathBuf) -> Self {
+        self.trust_reloader.watch_config_file(path);
+        self
+    }
+
     /// Live TLS handshake counters (completed, and failed by reason).
     pub fn handshake_stats(&self) -> HandshakeStatsHandle {
         self.stats.clone()
+    }
+
+    /// The address of the Prometheus endpoint (`GET /metrics`), when `metrics` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Endpoint::local_addr)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets open calls finish for up
@@ -267,14 +251,20 @@ impl Bound {
         let Bound {
             acceptor,
             reloader,
+            trust_reloader,
             gate,
             signer,
             max_message_size,
             journal_task,
+            metrics,
             ..
         } = self;
+        // Scrapes are served until this guard drops at the end of `serve`.
+        let _metrics = metrics.map(Endpoint::spawn);
         // The reloader ends by itself once the accept loop (its last config reader) is gone.
         let reload_task = tokio::spawn(reloader.run(DEFAULT_POLL_INTERVAL));
+        // Ends once the gate and the signer (the last readers) are gone, like the TLS reloader.
+        let trust_task = tokio::spawn(trust_reloader.run(DEFAULT_POLL_INTERVAL));
         let (connections, accept_task) = acceptor.spawn();
         let incoming = ReceiverStream::new(connections).map(|conn| Ok::<_, io::Error>(conn.stream));
         let service = SecurityServiceServer::new(CertificateService::new(signer))
@@ -321,9 +311,13 @@ impl Bound {
         let _ = accept_task.await;
         let _ = reload_task.await;
         if drained {
+            let _ = trust_task.await;
             // Every connection is closed, so every journal handle is gone: the writer has
             // answered all callers and ends.
             let _ = journal_task.await;
+        } else {
+            // Calls still hold the material; the reloader has nothing left to do.
+            trust_task.abort();
         }
         info!("Stopped");
         result.map_err(Error::Serve)

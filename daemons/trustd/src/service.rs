@@ -9,22 +9,26 @@ use std::sync::Arc;
 
 use basalt_api::securityapi::security_service_server::SecurityService;
 use basalt_api::securityapi::{CertificateRequest, CertificateResponse};
-use basalt_pki::{CertificateAuthority, Identity, SigningPolicy};
+use basalt_pki::{Identity, SigningPolicy};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::admission::Admitted;
 use crate::error::Error;
 use crate::journal::{self, Journal, JournalRecord};
+use crate::metrics::TrustdMetrics;
+use crate::trust::SigningCa;
 
 /// Everything the handler needs, loaded once by `Server::bind`.
 #[derive(Debug)]
 pub(crate) struct Signer {
-    pub(crate) ca: CertificateAuthority,
+    /// The issuing CA and response bundle as last (re)loaded (`crate::trust`).
+    pub(crate) signing: watch::Receiver<Arc<SigningCa>>,
     pub(crate) policy: SigningPolicy,
-    /// The response's `ca`: the issuing CA followed by the other accepted CAs, as PEM.
-    pub(crate) bundle: Vec<u8>,
     pub(crate) journal: Journal,
+    /// Counts issued certificates (`crate::metrics`).
+    pub(crate) metrics: Arc<TrustdMetrics>,
 }
 
 impl Signer {
@@ -35,13 +39,17 @@ impl Signer {
         csr_pem: &[u8],
     ) -> Result<CertificateResponse, Error> {
         let csr = self.policy.parse_csr(csr_pem).map_err(Error::from_parse)?;
-        let cert_pem = self
+        // One snapshot for the whole call: the certificate and the bundle returned with it
+        // always come from the same CA generation.
+        let signing = Arc::clone(&self.signing.borrow());
+        let cert_pem = signing
             .ca
             .sign_csr(&csr, &self.policy)
             .map_err(Error::from_sign)?;
         let leaf = Identity::from_pem(&cert_pem).map_err(Error::ReadIssued)?;
         let record = JournalRecord::new(&leaf, admitted.peer, &admitted.token);
         self.journal.append(&record).await.map_err(Error::Journal)?;
+        self.metrics.issued();
 
         info!(
             peer.addr = %admitted.peer,
@@ -71,7 +79,7 @@ impl Signer {
             );
         }
         Ok(CertificateResponse {
-            ca: self.bundle.clone(),
+            ca: signing.bundle.clone(),
             crt: cert_pem.into_bytes(),
         })
     }

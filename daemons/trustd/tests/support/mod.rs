@@ -27,7 +27,10 @@ use tokio_rustls::TlsConnector;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
-use trustd::{Bound, HandshakeFailure, HandshakeStatsHandle, JournalRecord, ReloadHandle, Server};
+use trustd::{
+    Bound, HandshakeFailure, HandshakeStatsHandle, JournalRecord, ReloadHandle, Server,
+    TrustReloads,
+};
 
 /// Every test body runs under this deadline.
 pub const TEST_DEADLINE: Duration = Duration::from_secs(30);
@@ -138,6 +141,12 @@ pub struct Trustd {
     pub config: TrustdConfig,
     pub stats: HandshakeStatsHandle,
     pub reload: ReloadHandle,
+    /// Reloads of tokens and CAs (counts, on-demand reload).
+    pub trust: TrustReloads,
+    /// `trustd.yaml` in `dir`: the config as a file, watched for token and CA changes.
+    pub config_path: PathBuf,
+    /// The bound Prometheus endpoint, when the config asked for one.
+    pub metrics: Option<SocketAddr>,
     ca_pem: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), trustd::Error>>>,
@@ -181,6 +190,7 @@ impl Trustd {
             policy: TrustdPolicy::default(),
             rate_limit: RateLimit::default(),
             handshake_timeout: Duration::from_secs(10),
+            metrics: None,
         }
     }
 
@@ -189,10 +199,17 @@ impl Trustd {
         let dir = short_tempdir();
         let mut config = Self::config(pki, dir.path());
         adjust(&mut config);
-        let bound: Bound = Server::bind(config.clone()).await.expect("bind trustd");
+        let config_path = dir.path().join("trustd.yaml");
+        write_config(&config_path, &config);
+        let bound: Bound = Server::bind(config.clone())
+            .await
+            .expect("bind trustd")
+            .watch_config_file(config_path.clone());
+        let trust = bound.trust_reloads();
         let addr = bound.local_addr();
         let stats = bound.handshake_stats();
         let reload = bound.reload_handle();
+        let metrics = bound.metrics_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
             let _ = rx.await;
@@ -203,6 +220,9 @@ impl Trustd {
             config,
             stats,
             reload,
+            trust,
+            config_path,
+            metrics,
             ca_pem: pki.ca_pem().to_owned(),
             shutdown: Some(tx),
             task: Some(task),
@@ -239,6 +259,14 @@ impl Trustd {
             task.await.expect("trustd task").expect("trustd serve");
         }
     }
+}
+
+/// Writes `config` as YAML to `path` atomically (rename), as machined does.
+pub fn write_config(path: &Path, config: &TrustdConfig) {
+    let yaml = config.to_yaml().expect("render trustd config");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).expect("write config");
+    std::fs::rename(&tmp, path).expect("replace config");
 }
 
 pub fn read_journal(path: &Path) -> Vec<JournalRecord> {
