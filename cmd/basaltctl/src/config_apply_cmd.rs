@@ -4,7 +4,8 @@
 //!
 //! Like the other node commands they make one call per target node and print one block per
 //! node (NODE column, `-o json|yaml` for scripts); failed nodes are listed on stderr and the
-//! command exits non-zero.
+//! command exits non-zero. `apply-config` (except `--dry-run`) and `config-rollback` on several
+//! nodes ask for confirmation unless `--yes` and take `--batch N` (`crate::rollout`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use basalt_api::basalt::v1::{
     ConfigHistory, ConfigVersion, Confirm, ConfirmRequest, HistoryRequest, Rollback,
     RollbackRequest,
 };
-use basalt_api::common::Metadata;
 use basalt_api::machine::apply_configuration_request::Mode;
 use basalt_api::machine::{ApplyConfiguration, ApplyConfigurationRequest};
 use clap::{Args, Subcommand, ValueEnum};
@@ -25,8 +25,10 @@ use tonic::transport::Channel;
 use crate::Globals;
 use crate::connect::{connect, runtime};
 use crate::duration;
-use crate::node_cmd::{NodeArgs, NodeTable, WithMetadata, or_dash, replies, show};
-use crate::output::OutputFormat;
+use crate::node_cmd::{NodeArgs, or_dash, show};
+use crate::output::{self, NodeTable, OutputFormat, replies};
+use crate::rollout::{self, RolloutArgs};
+use basalt_client::Client;
 
 /// The largest reply the config service sends back (a config with its history fits easily).
 const MAX_MESSAGE_SIZE: usize = 32 * 1024 * 1024;
@@ -60,6 +62,8 @@ pub(crate) struct ApplyArgs {
     /// Show what would change (mode and a diff) without applying.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -100,6 +104,8 @@ pub(crate) struct RollbackArgs {
     /// The version to apply again (see `config-history`).
     version: u64,
     #[command(flatten)]
+    rollout: RolloutArgs,
+    #[command(flatten)]
     node: NodeArgs,
 }
 
@@ -117,31 +123,49 @@ pub(crate) fn run(cmd: ConfigApplyCommand, globals: &Globals) -> anyhow::Result<
                 try_mode_timeout: (args.mode == ApplyMode::Try)
                     .then(|| prost_duration(args.timeout)),
             };
-            let results = rt.block_on(async {
-                anyhow::Ok(
-                    connect(globals, &args.node.target)
-                        .await?
-                        .each_node(request, |client, request| async move {
-                            client.machine().apply_configuration(request).await
-                        })
-                        .await,
-                )
-            })?;
-            let replies = replies(
-                results,
-                |r| r.messages,
-                |message| ApplyView::new(requested, message),
-            );
-            if args.dry_run && args.node.output.format == OutputFormat::Table {
-                // The diff does not fit a table: one block per node.
-                for reply in &replies.0 {
-                    if let Some(view) = &reply.data {
-                        println!("{}: {}\n{}", reply.node, view.mode, view.details);
-                    }
-                }
-                return replies.finish();
+            let view = move |message| ApplyView::new(requested, message);
+            let apply = |client: Client, request: ApplyConfigurationRequest| async move {
+                client
+                    .each_node(request, |client, request| async move {
+                        client.machine().apply_configuration(request).await
+                    })
+                    .await
+            };
+            if !args.dry_run {
+                rollout::confirm_targets(
+                    globals,
+                    &args.node.target,
+                    "apply-config to",
+                    &args.rollout,
+                )?;
             }
-            show(&args.node, replies)
+            rt.block_on(async {
+                let client = connect(globals, &args.node.target).await?;
+                if !args.dry_run {
+                    let (replies, rollout) = rollout::replies_in_batches(
+                        &client,
+                        &args.rollout,
+                        |view: &ApplyView| view.reboots,
+                        |batch| {
+                            let request = request.clone();
+                            async move { replies(apply(batch, request).await, |r| r.messages, view) }
+                        },
+                    )
+                    .await;
+                    return rollout::show(args.node.output.format, &replies, &rollout);
+                }
+                let replies = replies(apply(client, request).await, |r| r.messages, view);
+                if args.node.output.format == OutputFormat::Table {
+                    // The diff does not fit a table: one block per node.
+                    for reply in &replies.0 {
+                        if let Some(view) = &reply.data {
+                            println!("{}: {}\n{}", reply.node, view.mode, view.details);
+                        }
+                    }
+                    return replies.finish();
+                }
+                show(&args.node, replies)
+            })
         }
         ConfigApplyCommand::ConfigHistory(args) => {
             let results = rt.block_on(async {
@@ -166,20 +190,30 @@ pub(crate) fn run(cmd: ConfigApplyCommand, globals: &Globals) -> anyhow::Result<
             let request = RollbackRequest {
                 version: args.version,
             };
-            let results = rt.block_on(async {
-                anyhow::Ok(
-                    connect(globals, &args.node.target)
-                        .await?
-                        .each_node(request, |client, request| async move {
-                            configs(client.channel()).rollback(request).await
-                        })
-                        .await,
+            rollout::confirm_targets(
+                globals,
+                &args.node.target,
+                "config-rollback on",
+                &args.rollout,
+            )?;
+            rt.block_on(async {
+                let client = connect(globals, &args.node.target).await?;
+                let (replies, rollout) = rollout::replies_in_batches(
+                    &client,
+                    &args.rollout,
+                    |_| false,
+                    |batch| async move {
+                        let results = batch
+                            .each_node(request, |client, request| async move {
+                                configs(client.channel()).rollback(request).await
+                            })
+                            .await;
+                        replies(results, |r| r.messages, RollbackView::from)
+                    },
                 )
-            })?;
-            show(
-                &args.node,
-                replies(results, |r| r.messages, RollbackView::from),
-            )
+                .await;
+                rollout::show(args.node.output.format, &replies, &rollout)
+            })
         }
         ConfigApplyCommand::ConfigConfirm(args) => {
             let results = rt.block_on(async {
@@ -211,29 +245,7 @@ fn prost_duration(duration: Duration) -> prost_types::Duration {
     }
 }
 
-impl WithMetadata for ApplyConfiguration {
-    fn metadata(&self) -> Option<&Metadata> {
-        self.metadata.as_ref()
-    }
-}
-
-impl WithMetadata for ConfigHistory {
-    fn metadata(&self) -> Option<&Metadata> {
-        self.metadata.as_ref()
-    }
-}
-
-impl WithMetadata for Rollback {
-    fn metadata(&self) -> Option<&Metadata> {
-        self.metadata.as_ref()
-    }
-}
-
-impl WithMetadata for Confirm {
-    fn metadata(&self) -> Option<&Metadata> {
-        self.metadata.as_ref()
-    }
-}
+output::with_metadata!(ApplyConfiguration, ConfigHistory, Rollback, Confirm);
 
 // === apply-config ===
 
@@ -245,6 +257,9 @@ struct ApplyView {
     details: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    /// The node reboots to apply it (mode REBOOT, AUTO included): `--batch` waits for that.
+    #[serde(skip)]
+    reboots: bool,
 }
 
 impl ApplyView {
@@ -262,6 +277,7 @@ impl ApplyView {
             mode,
             details: message.mode_details,
             warnings: message.warnings,
+            reboots: message.mode == Mode::Reboot as i32,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::{Globals, duration};
 
 /// Warn when the client certificate expires within this many days: an expired client cert
 /// otherwise looks like an unreachable node (user-asks §1b rows 12–14).
-const EXPIRY_WARNING_DAYS: i64 = 30;
+pub(crate) const EXPIRY_WARNING_DAYS: i64 = 30;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {

@@ -24,7 +24,27 @@ pub(crate) struct TargetArgs {
     /// the endpoint itself answers.
     #[arg(short = 'n', long, value_delimiter = ',', value_name = "NODE")]
     pub(crate) nodes: Vec<String>,
+    /// How many nodes are called at once when several are targeted.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = basalt_client::DEFAULT_CONCURRENCY,
+        value_parser = parse_parallel
+    )]
+    pub(crate) parallel: usize,
 }
+
+/// `--parallel`: at least 1 (0 would never call anything), at most [`MAX_PARALLEL`].
+fn parse_parallel(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_PARALLEL).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number from 1 to {MAX_PARALLEL}")),
+    }
+}
+
+/// Upper bound of `--parallel`: each call in flight is one HTTP/2 stream on the endpoint's
+/// one connection, and apid caps concurrent streams per connection (256).
+const MAX_PARALLEL: usize = 100;
 
 /// A runtime for one command: the CLI makes a handful of calls, one thread is plenty.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -40,13 +60,9 @@ pub(crate) async fn connect(globals: &Globals, args: &TargetArgs) -> anyhow::Res
     connect_with_timeout(globals, args, Some(REQUEST_TIMEOUT)).await
 }
 
-/// Like [`connect`], with another per-call deadline (`None`: unbounded, for streams that
-/// follow a node for as long as the user wants).
-pub(crate) async fn connect_with_timeout(
-    globals: &Globals,
-    args: &TargetArgs,
-    request_timeout: Option<Duration>,
-) -> anyhow::Result<Client> {
+/// The selected context with the flags applied, not connected yet (e.g. to confirm a
+/// destructive verb on its nodes first).
+pub(crate) fn target(globals: &Globals, args: &TargetArgs) -> anyhow::Result<Target> {
     let config = ClientConfig::load(&globals.config_path)
         .with_context(|| format!("load client config {}", globals.config_path.display()))?;
     let (name, context) = select_context(&config, globals.context.as_deref())?;
@@ -57,11 +73,23 @@ pub(crate) async fn connect_with_timeout(
     if !args.nodes.is_empty() {
         target = target.with_nodes(args.nodes.clone());
     }
+    Ok(target)
+}
+
+/// Like [`connect`], with another per-call deadline (`None`: unbounded, for streams that
+/// follow a node for as long as the user wants).
+pub(crate) async fn connect_with_timeout(
+    globals: &Globals,
+    args: &TargetArgs,
+    request_timeout: Option<Duration>,
+) -> anyhow::Result<Client> {
+    let target = target(globals, args)?;
     let options = ConnectOptions {
         request_timeout,
         ..ConnectOptions::default()
     };
-    Client::connect(&target, &options)
+    let client = Client::connect(&target, &options)
         .await
-        .context("connect to apid")
+        .context("connect to apid")?;
+    Ok(client.with_concurrency(args.parallel))
 }

@@ -5,7 +5,9 @@
 //! on stderr and a non-zero exit. Per-entry errors (an unreadable directory, a denied path met
 //! while walking) go to stderr as talosctl prints them and do not fail the command.
 //!
-//! `read` and `cp` move bytes from exactly one node (with several nodes the output would mix).
+//! `read` on one node copies the file's bytes to stdout; on several nodes it prints each node's
+//! file in turn, every line prefixed by the node. `cp` moves bytes from exactly one node (with
+//! several nodes the archives would mix).
 //! `cp` unpacks the tar.gz stream while it arrives, refusing any entry that would land outside
 //! the destination (absolute paths, `..`, writing through a symlink the archive just created).
 //!
@@ -31,7 +33,7 @@ use tonic::{Response, Status, Streaming};
 use crate::Globals;
 use crate::connect::{TargetArgs, connect, connect_with_timeout, runtime};
 use crate::node_cmd::NodeArgs;
-use crate::output::{self, Render};
+use crate::output::{self, ErrorView, Render};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum FilesCommand {
@@ -335,22 +337,6 @@ struct NodeEntries<M> {
     error: Option<ErrorView>,
 }
 
-/// A failed node: the gRPC code name and the message, as the node commands print it.
-#[derive(Debug, Serialize)]
-struct ErrorView {
-    code: String,
-    message: String,
-}
-
-impl ErrorView {
-    fn new(status: &Status) -> Self {
-        ErrorView {
-            code: format!("{:?}", status.code()),
-            message: status.message().to_owned(),
-        }
-    }
-}
-
 /// An entry as printed: per-entry errors go to stderr as talosctl words them.
 trait EntryLike {
     fn name(&self) -> &str;
@@ -375,13 +361,13 @@ fn per_node<M, V: EntryLike>(
                 NodeEntries {
                     node,
                     entries,
-                    error: end.as_ref().map(ErrorView::new),
+                    error: end.as_ref().map(ErrorView::from_status),
                 }
             }
             Err(status) => NodeEntries {
                 node,
                 entries: Vec::new(),
-                error: Some(ErrorView::new(&status)),
+                error: Some(ErrorView::from_status(&status)),
             },
         })
         .collect()
@@ -470,23 +456,21 @@ fn non_empty(text: String) -> Option<String> {
 
 /// Lists every failed node on stderr and fails when there was any.
 fn finish<M>(nodes: &[NodeEntries<M>]) -> anyhow::Result<()> {
-    let failed: Vec<_> = nodes
-        .iter()
-        .filter_map(|n| n.error.as_ref().map(|err| (&n.node, err)))
-        .collect();
-    for (node, err) in &failed {
-        eprintln!("error: node {node}: {}: {}", err.code, err.message);
-    }
-    if !failed.is_empty() {
-        bail!("{} of {} nodes failed", failed.len(), nodes.len());
-    }
-    Ok(())
+    output::report_failures(
+        nodes.len(),
+        nodes
+            .iter()
+            .filter_map(|n| n.error.as_ref().map(|err| (n.node.as_str(), err))),
+    )
 }
 
 // === read ===
 
 async fn read(globals: &Globals, args: ReadArgs) -> anyhow::Result<()> {
     let client = connect(globals, &args.target).await?;
+    if client.nodes().len() > 1 {
+        return read_several(&client, args.path).await;
+    }
     let (node, request) = one_node(
         &client,
         ReadRequest {
@@ -514,6 +498,56 @@ async fn read(globals: &Globals, args: ReadArgs) -> anyhow::Result<()> {
         }
     }
     out.flush().or_else(quiet_broken_pipe)
+}
+
+/// `read` on several nodes: each node's file is read whole, then printed in node order with
+/// every line prefixed by the node (grouped, so nodes never interleave), as `logs` prints
+/// several nodes.
+async fn read_several(client: &Client, path: String) -> anyhow::Result<()> {
+    let results = client
+        .each_node(ReadRequest { path }, |client, request| async move {
+            collect(client.machine().read(request).await?).await
+        })
+        .await;
+    let total = results.len();
+    let mut failures = Vec::new();
+    let mut out = io::stdout().lock();
+    for NodeResult { node, result } in results {
+        let Collected { messages, end } = match result {
+            Ok(collected) => collected,
+            Err(status) => {
+                failures.push((node, ErrorView::from_status(&status)));
+                continue;
+            }
+        };
+        let mut prefixer = output::LinePrefixer::new(Some(format!("{node}: ")));
+        let mut bytes = Vec::new();
+        for data in &messages {
+            if let Some(error) = metadata_error(data) {
+                failures.push((node.clone(), ErrorView::new(tonic::Code::Unknown, error)));
+                continue;
+            }
+            bytes.extend(prefixer.apply(&data.bytes));
+        }
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            // The next node starts on its own line.
+            bytes.push(b'\n');
+        }
+        if let Err(err) = out.write_all(&bytes) {
+            return quiet_broken_pipe(err);
+        }
+        if let Some(status) = end {
+            failures.push((node, ErrorView::from_status(&status)));
+        }
+    }
+    if let Err(err) = out.flush() {
+        return quiet_broken_pipe(err);
+    }
+    drop(out);
+    output::report_failures(
+        total,
+        failures.iter().map(|(node, err)| (node.as_str(), err)),
+    )
 }
 
 /// `| head` closing stdout early is not an error of ours.
@@ -709,6 +743,7 @@ async fn dmesg(globals: &Globals, args: DmesgArgs) -> anyhow::Result<()> {
         })
         .await;
     let total = streams.len();
+    let order: Vec<String> = streams.iter().map(|r| r.node.clone()).collect();
     let mut tasks = tokio::task::JoinSet::new();
     let mut failed = Vec::new();
     for NodeResult { node, result } in streams {
@@ -719,22 +754,18 @@ async fn dmesg(globals: &Globals, args: DmesgArgs) -> anyhow::Result<()> {
                     (node, result)
                 });
             }
-            Err(status) => failed.push((node, ErrorView::new(&status))),
+            Err(status) => failed.push((node, ErrorView::from_status(&status))),
         }
     }
     while let Some(joined) = tasks.join_next().await {
         let (node, result) = joined.context("a dmesg task failed")?;
         if let Err(status) = result {
-            failed.push((node, ErrorView::new(&status)));
+            failed.push((node, ErrorView::from_status(&status)));
         }
     }
-    for (node, err) in &failed {
-        eprintln!("error: node {node}: {}: {}", err.code, err.message);
-    }
-    if !failed.is_empty() {
-        bail!("{} of {total} nodes failed", failed.len());
-    }
-    Ok(())
+    // Failures in node order, whatever order the streams ended in.
+    failed.sort_by_key(|(node, _)| order.iter().position(|n| n == node));
+    output::report_failures(total, failed.iter().map(|(node, err)| (node.as_str(), err)))
 }
 
 /// Copies one node's records to stdout, each in one write so nodes do not interleave within a

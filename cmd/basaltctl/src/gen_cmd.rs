@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use basalt_authz::{Role, RoleSet};
 use basalt_config::fs::{Overwrite, write_atomic};
+use basalt_config::secrets_age;
 use basalt_config::{
     Base64Pem, BundleCerts, CertAndKey, ClientConfig, Context, KeyOnly, MachineConfig, MachineType,
     SecretsBundle,
@@ -48,6 +49,10 @@ pub(crate) struct SecretsArgs {
     /// Key algorithm of the OS CA.
     #[arg(long, value_name = "ALG", default_value = "ed25519")]
     ca_algorithm: KeyAlgorithm,
+    /// Encrypt the bundle at rest to this age x25519 recipient (age1…); commands that read it
+    /// then need --identity with the matching key.
+    #[arg(long, value_name = "AGE_RECIPIENT")]
+    encrypt_to: Option<String>,
     /// Replace an existing file.
     #[arg(long)]
     force: bool,
@@ -62,6 +67,9 @@ pub(crate) struct ConfigArgs {
     /// Use this secrets bundle; without it a new one is generated and written to DIR/secrets.yaml.
     #[arg(long, value_name = "FILE")]
     with_secrets: Option<PathBuf>,
+    /// age identity file (age-keygen format) that decrypts an encrypted --with-secrets bundle.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
     /// Roles of the client certificate in DIR/basaltconfig.
     #[arg(long, value_delimiter = ',', default_value = "os:admin")]
     roles: Vec<String>,
@@ -81,6 +89,9 @@ pub(crate) struct ClientConfigArgs {
     /// Secrets bundle holding the OS CA.
     #[arg(long, value_name = "FILE")]
     with_secrets: PathBuf,
+    /// age identity file (age-keygen format) that decrypts an encrypted --with-secrets bundle.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
     /// Roles of the certificate, comma-separated (e.g. os:reader or os:operator,os:etcd:backup).
     #[arg(long, value_delimiter = ',', required = true)]
     roles: Vec<String>,
@@ -113,16 +124,31 @@ pub(crate) fn run(cmd: GenCommand, _globals: &Globals) -> anyhow::Result<()> {
 }
 
 fn gen_secrets(args: &SecretsArgs) -> anyhow::Result<()> {
+    // Parse the recipient before generating anything, so a typo costs nothing.
+    let recipient = args
+        .encrypt_to
+        .as_deref()
+        .map(secrets_age::parse_recipient)
+        .transpose()?;
     let bundle = new_bundle(args.ca_algorithm)?;
-    write_private(&args.output, bundle.to_yaml()?.as_bytes(), args.force)?;
-    eprintln!("wrote {}", args.output.display());
+    match recipient {
+        Some(recipient) => {
+            let encrypted = secrets_age::encrypt_bundle(&bundle, &recipient)?;
+            write_private(&args.output, &encrypted, args.force)?;
+            eprintln!("wrote {} (age-encrypted)", args.output.display());
+        }
+        None => {
+            write_private(&args.output, bundle.to_yaml()?.as_bytes(), args.force)?;
+            eprintln!("wrote {}", args.output.display());
+        }
+    }
     Ok(())
 }
 
 fn gen_config(args: &ConfigArgs) -> anyhow::Result<()> {
     let roles = known_roles(&args.roles)?;
     let bundle = match &args.with_secrets {
-        Some(path) => load_bundle(path)?,
+        Some(path) => load_bundle(path, args.identity.as_deref())?,
         None => {
             let bundle = new_bundle(KeyAlgorithm::Ed25519)?;
             let path = args.output.join("secrets.yaml");
@@ -164,7 +190,7 @@ fn gen_config(args: &ConfigArgs) -> anyhow::Result<()> {
 
 fn gen_client_config(args: &ClientConfigArgs) -> anyhow::Result<()> {
     let roles = known_roles(&args.roles)?;
-    let bundle = load_bundle(&args.with_secrets)?;
+    let bundle = load_bundle(&args.with_secrets, args.identity.as_deref())?;
     let context_name = args
         .context
         .clone()
@@ -220,8 +246,10 @@ pub(crate) fn new_bundle(os_algorithm: KeyAlgorithm) -> anyhow::Result<SecretsBu
     .context("assemble the secrets bundle")
 }
 
-fn load_bundle(path: &Path) -> anyhow::Result<SecretsBundle> {
-    SecretsBundle::load(path).with_context(|| format!("load secrets bundle {}", path.display()))
+/// A plain or age-encrypted bundle (`identity` decrypts the latter; see `secrets_age`).
+fn load_bundle(path: &Path, identity: Option<&Path>) -> anyhow::Result<SecretsBundle> {
+    secrets_age::load_bundle(path, identity)
+        .with_context(|| format!("load secrets bundle {}", path.display()))
 }
 
 /// Issues a client certificate from the bundle's OS CA and wraps it in a one-context config.

@@ -15,8 +15,13 @@
 //! 5. connection losses (Unavailable, Cancelled, a broken stream) are retried while the node
 //!    restarts: the stream is reopened after the last event seen (`tail_id`), for this actor.
 //!
-//! Everything is bounded by `--timeout` (default 5m). `--wait=false` only calls the action and
-//! prints each node's actor id.
+//! Everything is bounded by `--timeout` (default 5m), counted per node. `--wait=false` only
+//! calls the action and prints each node's actor id.
+//!
+//! On several nodes the actions ask for confirmation unless `--yes`, run at most `--parallel`
+//! trackers at once, and with `--batch N` roll out N nodes at a time (`crate::rollout`): a
+//! reboot batch is done when each of its nodes is running with a new boot id and answers
+//! Version again.
 //!
 //! `events` streams the nodes' events until interrupted (`-o json` gives one JSON object per
 //! line), and reconnects the same way when a node restarts.
@@ -24,7 +29,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::bail;
 use basalt_api::machine::{
     self, Event, EventsRequest, machine_status_event::MachineStage, sequence_event, task_event,
 };
@@ -38,9 +42,10 @@ use tonic::{Code, Status, Streaming};
 use crate::Globals;
 use crate::connect::{TargetArgs, connect_with_timeout, runtime};
 use crate::output::{self, OutputArgs, OutputFormat};
+use crate::rollout::{self, RolloutArgs, UsageRefusal};
 
 /// Where Linux (and basalt in container mode) publishes the boot id.
-const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+pub(crate) const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Pause between reconnection attempts while a node restarts.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -86,6 +91,8 @@ pub(crate) struct RebootArgs {
     #[arg(long, value_enum, default_value_t = RebootMode::Default)]
     mode: RebootMode,
     #[command(flatten)]
+    rollout: RolloutArgs,
+    #[command(flatten)]
     wait: WaitArgs,
     #[command(flatten)]
     target: TargetArgs,
@@ -108,6 +115,8 @@ pub(crate) struct ShutdownArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
+    rollout: RolloutArgs,
+    #[command(flatten)]
     wait: WaitArgs,
     #[command(flatten)]
     target: TargetArgs,
@@ -129,6 +138,8 @@ pub(crate) struct ResetArgs {
     /// Reboot after the wipe instead of halting.
     #[arg(long)]
     reboot: bool,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     #[command(flatten)]
     wait: WaitArgs,
     #[command(flatten)]
@@ -164,18 +175,26 @@ pub(crate) fn run(cmd: LifecycleCommand, globals: &Globals) -> anyhow::Result<()
                 RebootMode::Powercycle => machine::reboot_request::Mode::Powercycle,
                 RebootMode::Force => machine::reboot_request::Mode::Force,
             };
-            rt.block_on(act(globals, &args.target, &args.wait, Action::Reboot(mode)))
+            rt.block_on(act(
+                globals,
+                &args.target,
+                &args.wait,
+                &args.rollout,
+                Action::Reboot(mode),
+            ))
         }
         LifecycleCommand::Shutdown(args) => rt.block_on(act(
             globals,
             &args.target,
             &args.wait,
+            &args.rollout,
             Action::Shutdown { force: args.force },
         )),
         LifecycleCommand::Reset(args) => rt.block_on(act(
             globals,
             &args.target,
             &args.wait,
+            &args.rollout,
             Action::Reset {
                 graceful: args.graceful,
                 reboot: args.reboot,
@@ -268,82 +287,98 @@ fn request<M>(node: Option<&str>, message: M) -> Result<tonic::Request<M>, Statu
     targeted_request(node, message).map_err(|err| Status::invalid_argument(err.to_string()))
 }
 
-/// The nodes to address: `(name to print, node metadata)`; the endpoint itself when no nodes
-/// are set.
-fn targets(client: &Client) -> Vec<(String, Option<String>)> {
-    if client.nodes().is_empty() {
-        vec![(client.endpoint().to_string(), None)]
-    } else {
-        client
-            .nodes()
-            .iter()
-            .map(|node| (node.clone(), Some(node.clone())))
-            .collect()
-    }
-}
-
-/// Runs `action` on every target node, waiting for each unless `--wait=false`.
+/// Runs `action` on every target node, waiting for each unless `--wait=false`; several nodes
+/// need confirmation, and `--batch` rolls the action out batch by batch (`crate::rollout`).
 async fn act(
     globals: &Globals,
     target: &TargetArgs,
     wait: &WaitArgs,
+    rollout_args: &RolloutArgs,
     action: Action,
 ) -> anyhow::Result<()> {
+    if rollout_args.batch.is_some() && !wait.wait {
+        return Err(UsageRefusal(
+            "--batch waits for each batch to come back and cannot be combined with --wait=false"
+                .to_owned(),
+        )
+        .into());
+    }
+    rollout::confirm_targets(globals, target, action.name(), rollout_args)?;
     // No per-call deadline: the event streams last as long as the action; `--timeout` bounds
-    // the whole wait instead.
+    // each node's wait instead.
     let client = connect_with_timeout(globals, target, None).await?;
-    let targets = targets(&client);
-    let total = targets.len();
-    let deadline = Instant::now() + wait.timeout;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, (name, node)) in targets.into_iter().enumerate() {
-        let client = client.clone();
-        let wait = wait.wait;
-        tasks.spawn(async move {
-            let result = if wait {
-                let tracker = Tracker {
-                    client,
-                    node,
-                    name: name.clone(),
-                    deadline,
-                };
-                tracker.run(action).await
-            } else {
-                match tokio::time::timeout(CALL_TIMEOUT, action.call(&client, node.as_deref()))
-                    .await
-                {
-                    Ok(Ok(actor)) => Ok(actor),
-                    Ok(Err(status)) => Err(status_text(&status)),
-                    Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
-                }
-            };
-            (index, name, result)
-        });
-    }
-    let mut outcomes = Vec::with_capacity(total);
-    while let Some(joined) = tasks.join_next().await {
-        outcomes.push(joined?);
-    }
-    outcomes.sort_by_key(|(index, _, _)| *index);
-
-    let mut failed = 0;
-    let mut rows = Vec::new();
-    for (_, name, result) in outcomes {
-        match result {
-            Ok(actor) => rows.push(vec![name, actor]),
-            Err(message) => {
-                eprintln!("error: node {name}: {message}");
-                failed += 1;
-            }
-        }
-    }
+    let (rows, outcome) = rollout::run(
+        &client,
+        rollout_args.batch,
+        rollout_args.batch_timeout,
+        action.comes_back(),
+        |batch| act_on_batch(batch, wait.clone(), action),
+    )
+    .await;
+    let rows: Vec<Vec<String>> = rows.into_iter().flatten().collect();
     if !wait.wait && !rows.is_empty() {
         print!("{}", output::table(&["NODE", "ACTOR ID"], &rows));
     }
-    if failed > 0 {
-        bail!("{} of {total} nodes failed", failed);
-    }
-    Ok(())
+    let total = outcome.done.len() + outcome.failed.len() + outcome.untouched.len();
+    rollout::finish(&outcome, total)
+}
+
+/// `action` on the client's targets, at most `--parallel` at once; per node its `NODE, ACTOR
+/// ID` row or why it failed.
+async fn act_on_batch(
+    batch: Client,
+    wait: WaitArgs,
+    action: Action,
+) -> Vec<rollout::Acted<Option<Vec<String>>>> {
+    let targets = batch.targets();
+    let names: Vec<String> = targets.iter().map(|(name, _)| name.clone()).collect();
+    let calls = targets
+        .into_iter()
+        .map(|(name, node)| {
+            let client = batch.clone();
+            let wait = wait.clone();
+            async move {
+                if wait.wait {
+                    // Counted from the node's start: with --parallel below the batch size, a
+                    // node may wait for a slot.
+                    let tracker = Tracker {
+                        client,
+                        node,
+                        name,
+                        deadline: Instant::now() + wait.timeout,
+                    };
+                    tracker.run(action).await
+                } else {
+                    match tokio::time::timeout(CALL_TIMEOUT, action.call(&client, node.as_deref()))
+                        .await
+                    {
+                        Ok(Ok(actor)) => Ok(actor),
+                        Ok(Err(status)) => Err(status_text(&status)),
+                        Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+                    }
+                }
+            }
+        })
+        .collect();
+    let outcomes = basalt_client::bounded(batch.concurrency(), calls).await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| {
+            let (output, failure) = match outcome {
+                Ok(Ok(actor)) => (Some(vec![name.clone(), actor]), None),
+                Ok(Err(why)) => (None, Some(why)),
+                Err(join) => (None, Some(format!("the tracking task failed: {join}"))),
+            };
+            // The tracker already followed a reboot to its new boot id.
+            rollout::Acted {
+                node: name,
+                output,
+                failure,
+                reboots: false,
+            }
+        })
+        .collect()
 }
 
 /// Follows one node through one action.
@@ -819,7 +854,7 @@ fn render(format: OutputFormat, node: &str, width: usize, event: &Event) -> Stri
 
 async fn events(globals: &Globals, args: EventsArgs) -> anyhow::Result<()> {
     let client = connect_with_timeout(globals, &args.target, None).await?;
-    let targets = targets(&client);
+    let targets = client.targets();
     let width = targets
         .iter()
         .map(|(name, _)| name.len())
@@ -842,6 +877,8 @@ async fn events(globals: &Globals, args: EventsArgs) -> anyhow::Result<()> {
             "NODE", "ID", "EVENT", "ACTOR"
         );
     }
+    // One follower per node, all at once: every stream stays open for as long as the user
+    // watches, so a concurrency limit would starve the nodes past it.
     let mut tasks = tokio::task::JoinSet::new();
     for (name, node) in targets {
         let client = client.clone();
@@ -852,20 +889,18 @@ async fn events(globals: &Globals, args: EventsArgs) -> anyhow::Result<()> {
             (name, result)
         });
     }
-    let mut failed = 0;
+    let mut failed = Vec::new();
     let mut total = 0;
     while let Some(joined) = tasks.join_next().await {
         let (name, result) = joined?;
         total += 1;
         if let Err(message) = result {
-            eprintln!("error: node {name}: {message}");
-            failed += 1;
+            // Said at once: the other nodes may keep streaming for hours.
+            eprintln!("{}", output::failure_line(&name, &message));
+            failed.push(name);
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {total} nodes failed");
-    }
-    Ok(())
+    output::nodes_failed(total, &failed)
 }
 
 /// Prints one node's events until its stream ends; reconnects (after the last event seen)

@@ -5,6 +5,8 @@
 //! through `basalt-client`; the CLI links no server crate. `cluster create` runs the daemons as
 //! separate processes (found next to this executable), never in-process.
 
+mod cert_cmd;
+mod certs_cmd;
 mod cluster_cmd;
 mod config_apply_cmd;
 mod config_cmd;
@@ -16,6 +18,9 @@ mod gen_cmd;
 mod lifecycle_cmd;
 mod node_cmd;
 mod output;
+mod rollout;
+mod rotate_ca;
+mod rotate_token;
 mod services_cmd;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +71,22 @@ enum Command {
     Lifecycle(lifecycle_cmd::LifecycleCommand),
     #[command(flatten)]
     ConfigApply(config_apply_cmd::ConfigApplyCommand),
+    /// Revoke client certificates and list the revoked ones.
+    #[command(subcommand)]
+    Cert(cert_cmd::CertCommand),
+    /// Show the client's and the nodes' certificates with their expiry; warns within 30 days.
+    Certs(certs_cmd::CertsArgs),
+    /// Replace the OS CA on every node without downtime (accept, switch issuing, drop the old).
+    ///
+    /// The nodes are the context's (or -n) nodes, reached through its endpoints; without nodes,
+    /// every endpoint is one node. Needs an os:admin client certificate.
+    RotateCa(rotate_ca::RotateCaArgs),
+    /// Replace the trustd join token without a restart; the old one stays accepted for
+    /// --keep-old-for (default 24h). Prints the new token.
+    ///
+    /// Applies to the context's (or -n) nodes with mode NO_REBOOT; needs an os:admin client
+    /// certificate (the config holds the token).
+    RotateToken(rotate_token::RotateTokenArgs),
 }
 
 /// What every command gets besides its own flags.
@@ -104,12 +125,21 @@ fn main() -> ExitCode {
         Command::Services(cmd) => services_cmd::run(cmd, &globals),
         Command::Lifecycle(cmd) => lifecycle_cmd::run(cmd, &globals),
         Command::ConfigApply(cmd) => config_apply_cmd::run(cmd, &globals),
+        Command::Cert(cmd) => cert_cmd::run(cmd, &globals),
+        Command::Certs(args) => certs_cmd::run(args, &globals),
+        Command::RotateCa(args) => rotate_ca::run(args, &globals),
+        Command::RotateToken(args) => rotate_token::run(args, &globals),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // Refused because of how it was called (e.g. several nodes without --yes).
+            if err.downcast_ref::<rollout::UsageRefusal>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

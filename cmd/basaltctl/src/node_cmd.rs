@@ -7,19 +7,18 @@
 //! gRPC code and message (a PermissionDenied carries apid's explanation), and the command then
 //! exits non-zero.
 
-use anyhow::bail;
-use basalt_api::common::Metadata;
 use basalt_api::machine::{
     CpuStat, Hostname, LoadAvg, Memory, Mounts, Process, SystemStat, Version,
 };
-use basalt_client::NodeResult;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tonic::Code;
 
 use crate::Globals;
 use crate::connect::{TargetArgs, connect, runtime};
 use crate::output::{self, OutputArgs, OutputFormat, Render};
+// The per-node result shape lives in `output`; re-exported here for the command modules that
+// import it from this one.
+pub(crate) use crate::output::{NodeTable, Replies, WithMetadata, replies};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum NodeCommand {
@@ -142,6 +141,10 @@ pub(crate) fn run(cmd: NodeCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
+output::with_metadata!(
+    Version, Hostname, Memory, Process, Mounts, LoadAvg, SystemStat
+);
+
 /// Prints the replies, then reports failed nodes.
 pub(crate) fn show<V: NodeTable + Serialize>(
     args: &NodeArgs,
@@ -149,165 +152,6 @@ pub(crate) fn show<V: NodeTable + Serialize>(
 ) -> anyhow::Result<()> {
     output::print(args.output.format, &replies)?;
     replies.finish()
-}
-
-// === per-node replies ===
-
-/// What one node answered, as printed in json/yaml: `node` plus either the data's fields or
-/// `error`.
-#[derive(Debug, Serialize)]
-pub(crate) struct NodeReply<V> {
-    pub(crate) node: String,
-    #[serde(flatten)]
-    pub(crate) data: Option<V>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<ErrorView>,
-}
-
-/// A failed node: the gRPC code name (e.g. `PermissionDenied`) and the message.
-#[derive(Debug, Serialize)]
-pub(crate) struct ErrorView {
-    pub(crate) code: String,
-    pub(crate) message: String,
-}
-
-/// Every node's reply, in node order.
-#[derive(Debug, Serialize)]
-#[serde(transparent)]
-pub(crate) struct Replies<V>(pub(crate) Vec<NodeReply<V>>);
-
-impl<V> Replies<V> {
-    /// Prints each failure to stderr and fails when there was any.
-    pub(crate) fn finish(&self) -> anyhow::Result<()> {
-        let failed: Vec<_> = self
-            .0
-            .iter()
-            .filter_map(|reply| reply.error.as_ref().map(|err| (&reply.node, err)))
-            .collect();
-        for (node, err) in &failed {
-            eprintln!("error: node {node}: {}: {}", err.code, err.message);
-        }
-        if !failed.is_empty() {
-            bail!("{} of {} nodes failed", failed.len(), self.0.len());
-        }
-        Ok(())
-    }
-}
-
-/// The table form of one node's data.
-pub(crate) trait NodeTable {
-    /// Column headers after NODE.
-    fn headers() -> Vec<&'static str>;
-    /// Rows, without the NODE cell.
-    fn rows(&self) -> Vec<Vec<String>>;
-}
-
-impl<V: NodeTable> Replies<V> {
-    fn table_headers() -> Vec<&'static str> {
-        let mut headers = vec!["NODE"];
-        headers.extend(V::headers());
-        headers
-    }
-}
-
-impl<V: NodeTable + Serialize> Render for Replies<V> {
-    fn headers(&self) -> Vec<&'static str> {
-        Self::table_headers()
-    }
-
-    fn rows(&self) -> Vec<Vec<String>> {
-        self.0
-            .iter()
-            .filter_map(|reply| reply.data.as_ref().map(|data| (&reply.node, data)))
-            .flat_map(|(node, data)| {
-                data.rows().into_iter().map(move |row| {
-                    let mut cells = vec![node.clone()];
-                    cells.extend(row);
-                    cells
-                })
-            })
-            .collect()
-    }
-}
-
-/// Messages that start with `common.Metadata` (every reply message of the machine API).
-pub(crate) trait WithMetadata {
-    fn metadata(&self) -> Option<&Metadata>;
-}
-
-macro_rules! with_metadata {
-    ($($message:ty),* $(,)?) => {
-        $(impl WithMetadata for $message {
-            fn metadata(&self) -> Option<&Metadata> {
-                self.metadata.as_ref()
-            }
-        })*
-    };
-}
-
-with_metadata!(
-    Version, Hostname, Memory, Process, Mounts, LoadAvg, SystemStat
-);
-
-/// Turns per-node results into replies. A reply envelope normally holds one message; a
-/// message whose metadata carries an error (a fanned-out failure, Talos merge semantics) counts
-/// as that node failing, and with several messages each is named after its metadata hostname.
-pub(crate) fn replies<R, M, V>(
-    results: Vec<NodeResult<R>>,
-    messages: impl Fn(R) -> Vec<M>,
-    view: impl Fn(M) -> V,
-) -> Replies<V>
-where
-    M: WithMetadata,
-{
-    let mut out = Vec::new();
-    for NodeResult { node, result } in results {
-        let response = match result {
-            Ok(response) => response,
-            Err(status) => {
-                out.push(failed(node, status.code(), status.message()));
-                continue;
-            }
-        };
-        let messages = messages(response);
-        let several = messages.len() > 1;
-        if messages.is_empty() {
-            out.push(failed(node, Code::Unknown, "the node sent an empty reply"));
-            continue;
-        }
-        for message in messages {
-            let metadata = message.metadata().cloned().unwrap_or_default();
-            let name = if several && !metadata.hostname.is_empty() {
-                metadata.hostname.clone()
-            } else {
-                node.clone()
-            };
-            if metadata.error.is_empty() {
-                out.push(NodeReply {
-                    node: name,
-                    data: Some(view(message)),
-                    error: None,
-                });
-            } else {
-                let code = metadata
-                    .status
-                    .map_or(Code::Unknown, |status| Code::from_i32(status.code));
-                out.push(failed(name, code, &metadata.error));
-            }
-        }
-    }
-    Replies(out)
-}
-
-fn failed<V>(node: String, code: Code, message: &str) -> NodeReply<V> {
-    NodeReply {
-        node,
-        data: None,
-        error: Some(ErrorView {
-            code: format!("{code:?}"),
-            message: message.to_owned(),
-        }),
-    }
 }
 
 // === version ===
@@ -874,7 +718,9 @@ fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use basalt_api::common::Metadata;
     use basalt_api::machine::{MemInfo, MountStat, ProcessInfo};
+    use basalt_client::NodeResult;
     use tonic::Status;
 
     use super::*;
@@ -946,7 +792,7 @@ mod tests {
             ])
         );
         let err = replies.finish().unwrap_err();
-        assert_eq!(err.to_string(), "1 of 2 nodes failed");
+        assert_eq!(err.to_string(), "1 of 2 nodes failed: n2");
     }
 
     #[test]

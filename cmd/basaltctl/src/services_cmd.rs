@@ -4,28 +4,28 @@
 //! They follow the node commands' pattern (`node_cmd`): one call per target node, a NODE column
 //! (or one block per node), `-o table|json|yaml`, failed nodes reported on stderr and a
 //! non-zero exit. `logs` streams raw output to stdout instead; with several nodes each line is
-//! prefixed with its node, as talosctl does.
+//! prefixed with its node, as talosctl does. `service ID stop|restart` on several nodes asks for
+//! confirmation unless `--yes`, and start/stop/restart take `--batch N` (`crate::rollout`).
 
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
-use anyhow::bail;
-use basalt_api::common::Metadata;
 use basalt_api::machine::{
     LogsRequest, ServiceInfo, ServiceList, ServiceRestart, ServiceRestartRequest, ServiceStart,
     ServiceStartRequest, ServiceStop, ServiceStopRequest,
 };
-use basalt_client::NodeResult;
+use basalt_client::{Client, NodeResult};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use tonic::Code;
 
 use crate::Globals;
 use crate::connect::{TargetArgs, connect, connect_with_timeout, runtime};
-use crate::node_cmd::{
-    NodeArgs, NodeReply, NodeTable, Replies, WithMetadata, or_dash, replies, show,
+use crate::node_cmd::{NodeArgs, or_dash, show};
+use crate::output::{
+    self, ErrorView, LinePrefixer, NodeReply, NodeTable, OutputFormat, Render, Replies, replies,
 };
-use crate::output::{self, OutputFormat, Render};
+use crate::rollout::{self, RolloutArgs, UsageRefusal};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ServicesCommand {
@@ -45,6 +45,8 @@ pub(crate) struct ServiceArgs {
     #[arg(value_enum, default_value_t = ServiceAction::Status)]
     action: ServiceAction,
     #[command(flatten)]
+    rollout: RolloutArgs,
+    #[command(flatten)]
     node: NodeArgs,
 }
 
@@ -59,6 +61,25 @@ enum ServiceAction {
     Stop,
     /// Stop it and start it again.
     Restart,
+}
+
+/// The actions of `service ID` that change something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServiceChange {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl ServiceChange {
+    /// The verb of the confirmation question.
+    fn verb(self) -> &'static str {
+        match self {
+            ServiceChange::Start => "start",
+            ServiceChange::Stop => "stop",
+            ServiceChange::Restart => "restart",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -97,27 +118,60 @@ pub(crate) fn run(cmd: ServicesCommand, globals: &Globals) -> anyhow::Result<()>
 }
 
 async fn service(globals: &Globals, args: ServiceArgs) -> anyhow::Result<()> {
-    let client = connect(globals, &args.node.target).await?;
-    let id = args.id.clone();
-    let actions = match args.action {
-        ServiceAction::Status => {
-            let results = client
-                .each_node((), |client, request| async move {
-                    client.machine().service_list(request).await
-                })
-                .await;
-            let details = pick_service(
-                replies(results, |r| r.messages, ServicesView::from),
-                &args.id,
-            );
-            if args.node.output.format == OutputFormat::Table {
-                print_details(&details, SystemTime::now())?;
-            } else {
-                output::print(args.node.output.format, &details)?;
-            }
-            return details.finish();
+    let change = match args.action {
+        ServiceAction::Status if args.rollout.batch.is_some() => {
+            return Err(UsageRefusal(
+                "--batch applies to start, stop and restart, not to status".to_owned(),
+            )
+            .into());
         }
-        ServiceAction::Start => {
+        ServiceAction::Status => None,
+        ServiceAction::Start => Some(ServiceChange::Start),
+        ServiceAction::Stop => Some(ServiceChange::Stop),
+        ServiceAction::Restart => Some(ServiceChange::Restart),
+    };
+    let id = args.id.clone();
+    let Some(change) = change else {
+        let client = connect(globals, &args.node.target).await?;
+        let results = client
+            .each_node((), |client, request| async move {
+                client.machine().service_list(request).await
+            })
+            .await;
+        let details = pick_service(
+            replies(results, |r| r.messages, ServicesView::from),
+            &args.id,
+        );
+        if args.node.output.format == OutputFormat::Table {
+            print_details(&details, SystemTime::now())?;
+        } else {
+            output::print(args.node.output.format, &details)?;
+        }
+        return details.finish();
+    };
+    // Starting a service takes nothing down: no confirmation needed, batches still apply.
+    if change != ServiceChange::Start {
+        let verb = format!("{} service {id:?} on", change.verb());
+        rollout::confirm_targets(globals, &args.node.target, &verb, &args.rollout)?;
+    }
+    let client = connect(globals, &args.node.target).await?;
+    let (actions, rollout) = rollout::replies_in_batches(
+        &client,
+        &args.rollout,
+        |_| false,
+        |batch| {
+            let id = id.clone();
+            async move { act_on_service(&batch, change, id).await }
+        },
+    )
+    .await;
+    rollout::show(args.node.output.format, &actions, &rollout)
+}
+
+/// Starts, stops or restarts service `id` on the client's targets.
+async fn act_on_service(client: &Client, change: ServiceChange, id: String) -> Replies<ActionView> {
+    match change {
+        ServiceChange::Start => {
             let results = client
                 .each_node(ServiceStartRequest { id }, |client, request| async move {
                     client.machine().service_start(request).await
@@ -125,7 +179,7 @@ async fn service(globals: &Globals, args: ServiceArgs) -> anyhow::Result<()> {
                 .await;
             replies(results, |r| r.messages, ActionView::from)
         }
-        ServiceAction::Stop => {
+        ServiceChange::Stop => {
             let results = client
                 .each_node(ServiceStopRequest { id }, |client, request| async move {
                     client.machine().service_stop(request).await
@@ -133,7 +187,7 @@ async fn service(globals: &Globals, args: ServiceArgs) -> anyhow::Result<()> {
                 .await;
             replies(results, |r| r.messages, ActionView::from)
         }
-        ServiceAction::Restart => {
+        ServiceChange::Restart => {
             let results = client
                 .each_node(ServiceRestartRequest { id }, |client, request| async move {
                     client.machine().service_restart(request).await
@@ -141,8 +195,7 @@ async fn service(globals: &Globals, args: ServiceArgs) -> anyhow::Result<()> {
                 .await;
             replies(results, |r| r.messages, ActionView::from)
         }
-    };
-    show(&args.node, actions)
+    }
 }
 
 /// Streams the service's output from every target node to stdout.
@@ -167,7 +220,7 @@ async fn logs(globals: &Globals, args: LogsArgs) -> anyhow::Result<()> {
         .await;
     let prefix = results.len() > 1;
     let total = results.len();
-    let mut failed = 0;
+    let mut failed = Vec::new();
     let mut readers = tokio::task::JoinSet::new();
     for NodeResult { node, result } in results {
         match result {
@@ -181,84 +234,45 @@ async fn logs(globals: &Globals, args: LogsArgs) -> anyhow::Result<()> {
                                 let mut out = std::io::stdout().lock();
                                 if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
                                     // stdout is gone (e.g. `| head`): stop quietly.
-                                    return true;
+                                    return None;
                                 }
                             }
-                            Ok(None) => return true,
+                            Ok(None) => return None,
                             Err(status) => {
-                                report(&node, status.code(), status.message());
-                                return false;
+                                // Said at once: with -f the command may run for hours.
+                                report(&node, &status);
+                                return Some(node);
                             }
                         }
                     }
                 });
             }
             Err(status) => {
-                report(&node, status.code(), status.message());
-                failed += 1;
+                report(&node, &status);
+                failed.push(node);
             }
         }
     }
     while let Some(done) = readers.join_next().await {
-        if !matches!(done, Ok(true)) {
-            failed += 1;
+        match done {
+            Ok(None) => {}
+            Ok(Some(node)) => failed.push(node),
+            Err(join) => failed.push(format!("(a reader task failed: {join})")),
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {total} nodes failed");
-    }
-    Ok(())
+    output::nodes_failed(total, &failed)
 }
 
-fn report(node: &str, code: Code, message: &str) {
-    eprintln!("error: node {node}: {code:?}: {message}");
-}
-
-/// Prefixes every line with `node: ` (when several nodes stream at once). Chunks hold whole
-/// lines, but a line split across chunks is handled too.
-struct LinePrefixer {
-    prefix: Option<String>,
-    at_line_start: bool,
-}
-
-impl LinePrefixer {
-    fn new(prefix: Option<String>) -> Self {
-        Self {
-            prefix,
-            at_line_start: true,
-        }
-    }
-
-    fn apply(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let Some(prefix) = &self.prefix else {
-            return bytes.to_vec();
-        };
-        let mut out = Vec::with_capacity(bytes.len() + prefix.len());
-        for &byte in bytes {
-            if self.at_line_start {
-                out.extend_from_slice(prefix.as_bytes());
-            }
-            out.push(byte);
-            self.at_line_start = byte == b'\n';
-        }
-        out
-    }
+fn report(node: &str, status: &tonic::Status) {
+    eprintln!(
+        "{}",
+        output::failure_line(node, &ErrorView::from_status(status))
+    );
 }
 
 // === views ===
 
-/// Implements `WithMetadata` for the reply messages of this file.
-macro_rules! with_metadata_impls {
-    ($($message:ty),* $(,)?) => {
-        $(impl WithMetadata for $message {
-            fn metadata(&self) -> Option<&Metadata> {
-                self.metadata.as_ref()
-            }
-        })*
-    };
-}
-
-with_metadata_impls!(ServiceList, ServiceStart, ServiceStop, ServiceRestart);
+output::with_metadata!(ServiceList, ServiceStart, ServiceStop, ServiceRestart);
 
 /// One node's services, as `services` prints them.
 #[derive(Debug, Serialize)]
@@ -433,10 +447,10 @@ fn pick_service(list: Replies<ServicesView>, id: &str) -> ServiceDetails {
                 None => NodeReply {
                     node: reply.node,
                     data: None,
-                    error: Some(crate::node_cmd::ErrorView {
-                        code: format!("{:?}", Code::NotFound),
-                        message: format!("service {id:?} not defined"),
-                    }),
+                    error: Some(ErrorView::new(
+                        Code::NotFound,
+                        format!("service {id:?} not defined"),
+                    )),
                 },
             },
         })
@@ -681,14 +695,5 @@ mod tests {
         assert_eq!(json[0]["node"], "n1");
         assert_eq!(json[0]["events"][1]["time"], "1970-01-01T00:17:40Z");
         assert_eq!(json[1]["error"]["code"], "NotFound");
-    }
-
-    #[test]
-    fn several_nodes_prefix_every_line() {
-        let mut prefixer = LinePrefixer::new(Some("n1: ".to_owned()));
-        assert_eq!(prefixer.apply(b"a\nb"), b"n1: a\nn1: b");
-        assert_eq!(prefixer.apply(b"c\nd\n"), b"c\nn1: d\n");
-        let mut plain = LinePrefixer::new(None);
-        assert_eq!(plain.apply(b"a\nb\n"), b"a\nb\n");
     }
 }
