@@ -3,9 +3,12 @@
 Python grpcio, using stubs generated from basalt's proto/ and a client config written by
 `basaltctl gen client-config` (Talos's talosconfig layout, base64 PEM values).
 
-Usage: version_client.py --stubs DIR --config FILE --endpoint HOST:PORT
+Usage: version_client.py --stubs DIR --config FILE --endpoint HOST:PORT [--nodes A,B,...]
 
-Prints `tag=<Version.tag>` on success; exits non-zero with the gRPC error otherwise.
+Prints `tag=<Version.tag>` on success; exits non-zero with the gRPC error otherwise. With
+`--nodes` the call carries Talos's one-to-many `nodes` metadata (one value per node, as
+talosctl <= 1.13 sends it) and one line per reply element is printed:
+`node=<metadata.hostname> tag=<Version.tag> error=<metadata.error> code=<metadata.status.code>`.
 Run by tests/tests/python_interop.rs; needs `python3 -m pip install grpcio grpcio-tools`.
 """
 
@@ -64,6 +67,7 @@ def main():
     parser.add_argument("--stubs", required=True, help="directory of the generated *_pb2 modules")
     parser.add_argument("--config", required=True, help="client config from basaltctl")
     parser.add_argument("--endpoint", required=True, help="apid's HOST:PORT")
+    parser.add_argument("--nodes", help="comma-separated targets for a one-to-many call")
     args = parser.parse_args()
 
     sys.path.insert(0, args.stubs)
@@ -81,11 +85,20 @@ def main():
     with grpc.secure_channel(args.endpoint, credentials) as channel:
         stub = machine_pb2_grpc.MachineServiceStub(channel)
         try:
-            reply = stub.Version(empty_pb2.Empty(), timeout=15)
+            metadata = [("nodes", node) for node in args.nodes.split(",")] if args.nodes else None
+            reply = stub.Version(empty_pb2.Empty(), timeout=15, metadata=metadata)
         except grpc.RpcError as err:
             sys.exit(f"Version failed: {err.code()}: {err.details()}")
     if not reply.messages:
         sys.exit("Version returned no messages")
+    if args.nodes:
+        for message in reply.messages:
+            meta = message.metadata
+            print(
+                f"node={meta.hostname} tag={message.version.tag} "
+                f"error={meta.error} code={meta.status.code}"
+            )
+        return
     print(f"tag={reply.messages[0].version.tag}")
 
 

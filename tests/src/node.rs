@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use basalt_api::basalt::v1::diagnostics_service_client::DiagnosticsServiceClient;
 use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_config::fs::{Overwrite, write_atomic};
-use basalt_config::machine::{MACHINE_CONFIG_VERSION, RawCa, RawCluster, RawListener, RawMachine};
+use basalt_config::machine::{
+    MACHINE_CONFIG_VERSION, RawCa, RawCluster, RawListener, RawMachine, RawMetrics,
+};
 use basalt_config::{Base64Pem, MachineConfig, MachineType, RawMachineConfig, generate_token};
 use basalt_pki::CertificateAuthority;
 use basalt_pki::KeyAlgorithm;
@@ -42,10 +44,16 @@ const LOG_TAIL_LINES: usize = 60;
 #[derive(Clone, Debug)]
 pub struct NodeBuilder {
     allowed_uids: Vec<u32>,
+    /// Extra machined flags (`--node-cert-ttl 20s`).
+    machined_args: Vec<String>,
     require_version_ok: bool,
     ca_algorithm: KeyAlgorithm,
     join: Option<Join>,
     wait: bool,
+    /// apid's listen address, when not 127.0.0.1 on a free port.
+    apid_listen: Option<SocketAddr>,
+    /// Set `machine.metrics` (apid and trustd on free loopback ports).
+    metrics: bool,
 }
 
 /// What a worker takes from its control plane.
@@ -73,6 +81,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs machined with `--node-cert-ttl TTL`: node certificates (and, on a control plane,
+    /// what its trustd signs for workers) live `ttl` and are renewed at half-life.
+    pub fn node_cert_ttl(mut self, ttl: Duration) -> Self {
+        self.machined_args.push("--node-cert-ttl".to_owned());
+        self.machined_args.push(format!("{}s", ttl.as_secs()));
+        self
+    }
+
     /// Makes the node a worker of `control_plane`: its config has the CA certificate without
     /// the key, the control plane's join token, and `cluster.endpoints` = the control plane's
     /// trustd. The node shares the control plane's [`TestPki`], so the same client
@@ -92,6 +108,21 @@ impl NodeBuilder {
         if let Some(join) = &mut self.join {
             join.token = token.to_owned();
         }
+        self
+    }
+
+    /// apid listens on `addr` instead of 127.0.0.1 on a free port: e.g. another loopback
+    /// address with the control plane's port, so the node can be named by its bare IP (a
+    /// target without a port means apid's own port, as Talos's 50000 everywhere).
+    pub fn apid_listen(mut self, addr: SocketAddr) -> Self {
+        self.apid_listen = Some(addr);
+        self
+    }
+
+    /// Turns on `machine.metrics`: apid and trustd serve Prometheus metrics on free loopback
+    /// ports ([`Node::metrics_addrs`]).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -118,6 +149,14 @@ pub struct Node {
     socket: PathBuf,
     state_dir: PathBuf,
     log_path: PathBuf,
+    /// `--allow-uid` values, kept for [`Node::restart`].
+    allowed_uids: Vec<u32>,
+    /// Extra machined flags, kept for [`Node::restart`].
+    machined_args: Vec<String>,
+    /// Whether readiness needs Version to succeed (see [`NodeBuilder::allow_uid`]).
+    require_version_ok: bool,
+    /// apid's and trustd's metrics addresses (see [`NodeBuilder::metrics`]).
+    metrics: Option<(SocketAddr, SocketAddr)>,
     // Last, so the directory outlives everything that points into it.
     dir: TempDir,
 }
@@ -143,11 +182,19 @@ impl Node {
     pub fn builder() -> NodeBuilder {
         NodeBuilder {
             allowed_uids: Vec::new(),
+            machined_args: Vec::new(),
             require_version_ok: true,
             ca_algorithm: KeyAlgorithm::Ed25519,
             join: None,
             wait: true,
+            apid_listen: None,
+            metrics: false,
         }
+    }
+
+    /// apid's and trustd's Prometheus endpoints, when built with [`NodeBuilder::metrics`].
+    pub fn metrics_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.metrics
     }
 
     /// apid's listen address (loopback, a port chosen at start).
@@ -300,6 +347,39 @@ impl Node {
         );
     }
 
+    /// SIGKILLs machined, as a crash would, then whatever is left of its process group (apid,
+    /// trustd: their listening ports are free again once this returns). Configured services
+    /// lead their own groups and are not reached; kill a node with none. The state directory
+    /// stays for [`Node::restart`].
+    pub fn kill_machined(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&mut child);
+        }
+    }
+
+    /// Starts machined again on the same config, state directory and socket (after
+    /// [`Node::kill_machined`]), appending to the same log, and waits until apid answers.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "restart is for a node whose machined was killed"
+        );
+        let log = File::options()
+            .append(true)
+            .open(&self.log_path)
+            .expect("open machined's log file");
+        let config_path = self.dir.path().join("machine.yaml");
+        self.child = Some(spawn_machined(
+            &config_path,
+            &self.state_dir,
+            &self.socket,
+            &self.allowed_uids,
+            &self.machined_args,
+            log,
+        ));
+        self.wait_ready(self.require_version_ok).await;
+    }
+
     async fn launch(options: NodeBuilder) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("bs")
@@ -312,7 +392,9 @@ impl Node {
                 options.ca_algorithm,
             )),
         };
-        let apid_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let apid_addr = options
+            .apid_listen
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())));
         let trustd_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let token = match &options.join {
             Some(join) => join.token.clone(),
@@ -325,36 +407,26 @@ impl Node {
             trustd_addr,
             token: &token,
             control_plane_trustd: options.join.as_ref().map(|join| join.trustd_addr),
+            metrics: options.metrics.then(|| {
+                let port = || SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+                (port(), port())
+            }),
         };
         write_machine_config(&config_path, &spec);
+        let metrics = spec.metrics;
 
         let state_dir = dir.path().join("state");
         let socket = dir.path().join("run").join("machined.sock");
         let log_path = dir.path().join("machined.log");
         let log = File::create(&log_path).expect("create machined's log file");
-
-        let mut cmd = Command::new(Binary::Machined.path());
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--state")
-            .arg(&state_dir)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--apid-bin")
-            .arg(Binary::Apid.path())
-            .arg("--trustd-bin")
-            .arg(Binary::Trustd.path());
-        for uid in &options.allowed_uids {
-            cmd.arg("--allow-uid").arg(uid.to_string());
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log file handle"))
-            .stderr(log)
-            // Its own process group, so that cleanup can find apid even if machined is killed.
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {cmd:?}: {err}"));
+        let child = spawn_machined(
+            &config_path,
+            &state_dir,
+            &socket,
+            &options.allowed_uids,
+            &options.machined_args,
+            log,
+        );
 
         let mut node = Node {
             child: Some(child),
@@ -365,6 +437,10 @@ impl Node {
             socket,
             state_dir,
             log_path,
+            allowed_uids: options.allowed_uids.clone(),
+            machined_args: options.machined_args.clone(),
+            require_version_ok: options.require_version_ok,
+            metrics,
             dir,
         };
         if options.wait {
@@ -457,6 +533,40 @@ impl Drop for Node {
     }
 }
 
+/// Spawns machined on `config` and `state`, serving on `socket`, with apid and trustd from the
+/// build, its output into `log`, in its own process group (so that cleanup can find apid even
+/// if machined is killed).
+fn spawn_machined(
+    config: &Path,
+    state: &Path,
+    socket: &Path,
+    allowed_uids: &[u32],
+    machined_args: &[String],
+    log: File,
+) -> Child {
+    let mut cmd = Command::new(Binary::Machined.path());
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--state")
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--apid-bin")
+        .arg(Binary::Apid.path())
+        .arg("--trustd-bin")
+        .arg(Binary::Trustd.path());
+    for uid in allowed_uids {
+        cmd.arg("--allow-uid").arg(uid.to_string());
+    }
+    cmd.args(machined_args);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log file handle"))
+        .stderr(log)
+        .process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|err| panic!("spawn {cmd:?}: {err}"))
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -473,6 +583,8 @@ struct ConfigSpec<'a> {
     token: &'a str,
     /// `Some`: a worker of the control plane whose trustd listens there.
     control_plane_trustd: Option<SocketAddr>,
+    /// `machine.metrics`: apid's and trustd's Prometheus addresses.
+    metrics: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// A machine config for `spec.ca` with apid (and trustd) on the given loopback addresses: a
@@ -502,6 +614,10 @@ fn write_machine_config(path: &Path, spec: &ConfigSpec<'_>) {
             }),
             trustd: Some(RawListener {
                 listen: Some(spec.trustd_addr.to_string()),
+            }),
+            metrics: spec.metrics.map(|(apid, trustd)| RawMetrics {
+                apid: Some(apid.to_string()),
+                trustd: Some(trustd.to_string()),
             }),
             ..RawMachine::default()
         },

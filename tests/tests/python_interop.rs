@@ -207,3 +207,122 @@ fn proto_files(dir: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// The fan-out wire format through a foreign decoder: Python grpcio stubs from `proto/` call
+/// Version with `nodes` naming a control plane and its two workers and decode one reply with
+/// three `messages`, each with `metadata.hostname` set to the node as named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_decodes_a_fan_out_reply() {
+    within_test_deadline(async {
+        if !python_present().await {
+            eprintln!(
+                "\nSKIPPED python_grpcio_client_decodes_a_fan_out_reply: python3 not found.\n"
+            );
+            return;
+        }
+        // ECDSA P-256: grpcio's BoringSSL cannot do Ed25519 (see the test above).
+        let cp = Node::builder()
+            .ca_algorithm(KeyAlgorithm::EcdsaP256)
+            .start()
+            .await;
+        let w1 = Node::builder().worker_of(&cp).start().await;
+        let w2 = Node::builder().worker_of(&cp).start().await;
+        let work = cp.dir().join("python-fanout");
+        let (stubs, config) = python_client_setup(&cp, &work).await;
+        let nodes: Vec<String> = [&cp, &w1, &w2]
+            .iter()
+            .map(|node| node.apid_addr().to_string())
+            .collect();
+
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/version_client.py");
+        let endpoint = cp.apid_addr().to_string();
+        let joined = nodes.join(",");
+        let client = run(
+            "python3",
+            &[
+                script.to_str().unwrap(),
+                "--stubs",
+                stubs.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+                "--endpoint",
+                &endpoint,
+                "--nodes",
+                &joined,
+            ],
+            "the Python client",
+        )
+        .await;
+        let output = text(&client);
+        assert!(
+            client.status.success(),
+            "the Python client failed:\n{output}{}",
+            cp.log_tail()
+        );
+        let stdout = String::from_utf8_lossy(&client.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "one line per reply element:\n{output}");
+        for (line, node) in lines.iter().zip(&nodes) {
+            assert!(
+                line.starts_with(&format!("node={node} tag=v")) && line.ends_with("error= code=0"),
+                "{line} (expected node {node}, a tag and no error)\n{output}"
+            );
+        }
+        w2.shutdown().await;
+        w1.shutdown().await;
+        cp.shutdown().await;
+    })
+    .await;
+}
+
+/// Python stubs from `proto/` and a reader client config from `basaltctl`, under `work`.
+async fn python_client_setup(node: &Node, work: &Path) -> (PathBuf, PathBuf) {
+    let stubs = work.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let proto_dir = workspace_root().join("proto");
+    let mut protoc_args = vec![
+        "-m".to_owned(),
+        "grpc_tools.protoc".to_owned(),
+        format!("-I{}", proto_dir.display()),
+        format!("--python_out={}", stubs.display()),
+        format!("--grpc_python_out={}", stubs.display()),
+    ];
+    protoc_args.extend(
+        proto_files(&proto_dir)
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
+    let protoc_args: Vec<&str> = protoc_args.iter().map(String::as_str).collect();
+    let protoc = run("python3", &protoc_args, "generate Python stubs").await;
+    assert!(
+        protoc.status.success(),
+        "grpc_tools.protoc failed (python3 -m pip install grpcio grpcio-tools):\n{}",
+        text(&protoc)
+    );
+    let config = work.join("reader.config");
+    let secrets = node.pki().secrets_path().display().to_string();
+    let endpoint = node.apid_addr().to_string();
+    let generated = run(
+        Binary::Basaltctl.path().to_str().unwrap(),
+        &[
+            "gen",
+            "client-config",
+            "--with-secrets",
+            &secrets,
+            "--roles",
+            "os:reader",
+            "--endpoints",
+            &endpoint,
+            "-o",
+            config.to_str().unwrap(),
+        ],
+        "basaltctl gen client-config",
+    )
+    .await;
+    assert!(
+        generated.status.success(),
+        "basaltctl gen client-config failed:\n{}",
+        text(&generated)
+    );
+    (stubs, config)
+}
