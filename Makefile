@@ -3,7 +3,7 @@ CARGO ?= cargo
 BASALTCTL := target/debug/basaltctl
 OUT := hack/out
 
-.PHONY: all build run test e2e deps bench check fmt fmt-check clippy lint clean
+.PHONY: all build run test e2e deps bench fuzz check fmt fmt-check clippy lint clean
 
 all: build
 
@@ -40,10 +40,29 @@ deps:
 	command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 	python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 
-# Release build, one node on loopback, load from hack/loadgen; writes docs/BENCHMARKS.md and
-# docs/bench/*.json. Never part of `make test`.
+# Release build, one node on loopback against its peers (nginx in front of the same machined,
+# cfssl signing like trustd; both installed from Debian if missing), load from hack/loadgen and
+# hack/signbench; writes docs/BENCHMARKS.md and docs/bench/*.json in under 10 minutes. Never part
+# of `make test`.
 bench:
 	bash hack/bench.sh
+
+# libFuzzer (cargo-fuzz) on the parsers of untrusted input, FUZZ_SECONDS each (default 30).
+# Never part of `make test`. Uses the nightly toolchain when rustup has one, else stable with
+# RUSTC_BOOTSTRAP=1 (cargo-fuzz needs -Z flags). Builds under target/fuzz; a crash leaves its
+# input in fuzz/artifacts/<target>/ and fails the run (turn it into a regression test).
+# fuzz/seeds/ holds small valid inputs (no key material); fuzz/corpus/ grows locally.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= csr_policy cert_identity machine_config client_config fanout_splice
+FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		RUSTC_BOOTSTRAP=1 cargo $(FUZZ_TOOLCHAIN) fuzz run $$target -O \
+			--target-dir=$(CURDIR)/target/fuzz corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all
