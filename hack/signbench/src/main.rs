@@ -19,9 +19,17 @@
 //! certificates, as in production, in the temporary directory (`--dir` to choose its
 //! filesystem).
 //!
-//! Only ever runs against the trustd it starts, on loopback.
+//! `--server cfssl` runs the same phases against the peer signer instead: `cfssl serve` (its
+//! binary from `--cfssl`) with the same kind of CA, over TLS, driven through its HTTP API (see
+//! [`cfssl`]). cfssl cannot sign with Ed25519, so compare with `--ca-algorithm ecdsa-p256
+//! --csr-algorithm ecdsa-p256` on both. Each phase also reports the server's VmRSS at its end and
+//! its VmHWM (peak RSS).
+//!
+//! Only ever runs against the server it starts, on loopback.
 
 #![forbid(unsafe_code)]
+
+mod cfssl;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -30,7 +38,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
 
 use anyhow::{Context as _, bail, ensure};
 use basalt_api::securityapi::CertificateRequest;
@@ -38,7 +48,7 @@ use basalt_api::securityapi::security_service_client::SecurityServiceClient;
 use basalt_pki::{
     CaOptions, CertificateAuthority, KeyAlgorithm, ServerCertRequest, SubjectAltName, build_csr,
 };
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
@@ -53,14 +63,36 @@ const MAX_REQUESTS: usize = 100_000;
 const MAX_CONCURRENCY: usize = 256;
 /// Error messages kept as samples in the report.
 const ERROR_SAMPLES: usize = 3;
+/// Per-call timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Certificates signed per second by a real trustd process.
+/// Certificates signed per second by a real trustd (or cfssl) process.
 #[derive(Debug, Parser)]
 #[command(name = "basalt-signbench", version)]
 struct Cli {
+    /// Which signer to run.
+    #[arg(long, value_enum, default_value_t = ServerKind::Trustd)]
+    server: ServerKind,
+
     /// The trustd binary to run (build it with `cargo build --release -p trustd`).
     #[arg(long, default_value = "target/release/trustd")]
     trustd: PathBuf,
+
+    /// The cfssl binary to run with `--server cfssl`.
+    #[arg(long, default_value = "cfssl")]
+    cfssl: PathBuf,
+
+    /// Key type of the CA (and so of the signatures and the server's TLS key).
+    #[arg(long, value_enum, default_value_t = Algorithm::Ed25519)]
+    ca_algorithm: Algorithm,
+
+    /// Key type of the CSRs sent.
+    #[arg(long, value_enum, default_value_t = Algorithm::Ed25519)]
+    csr_algorithm: Algorithm,
+
+    /// Also write the JSON report to this file (stdout gets the table and the JSON).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 
     /// Concurrency levels, one phase each.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
@@ -83,9 +115,38 @@ struct Cli {
     dir: Option<PathBuf>,
 }
 
+/// The signer under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ServerKind {
+    Trustd,
+    Cfssl,
+}
+
+/// Key types on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Algorithm {
+    Ed25519,
+    EcdsaP256,
+}
+
+impl Algorithm {
+    fn key(self) -> KeyAlgorithm {
+        match self {
+            Algorithm::Ed25519 => KeyAlgorithm::Ed25519,
+            Algorithm::EcdsaP256 => KeyAlgorithm::EcdsaP256,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
-    trustd: String,
+    server: ServerKind,
+    binary: String,
+    ca_algorithm: &'static str,
+    csr_algorithm: &'static str,
+    /// VmRSS of the server before the first call.
+    server_idle_rss_kib: u64,
     cores: usize,
     clock_ticks_per_s: u64,
     journal_fs: String,
@@ -104,8 +165,13 @@ struct Phase {
     duration_s: f64,
     certs_per_s: f64,
     latency_us: Latency,
+    /// CPU time of the server (trustd or cfssl) per certificate; the name is kept from when
+    /// only trustd was measured.
     trustd_cpu_us_per_cert: f64,
     client_cpu_us_per_cert: f64,
+    /// VmRSS of the server at the end of the phase, and its VmHWM (peak since it started).
+    server_rss_kib: u64,
+    server_hwm_kib: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,7 +207,11 @@ fn main() -> anyhow::Result<()> {
         .context("start the tokio runtime")?;
     let report = runtime.block_on(run(&cli))?;
     print_table(&report);
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &cli.json {
+        std::fs::write(path, json + "\n").with_context(|| format!("write {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -157,17 +227,44 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
             temp.path().to_path_buf()
         }
     };
-    let ca = write_cluster(&dir)?;
-    let mut trustd = Trustd::start(&cli.trustd, &dir)?;
-    let result = phases(cli, &trustd, &ca).await;
-    trustd.stop()?;
+    let ca = write_cluster(&dir, cli.ca_algorithm.key())?;
+    let (binary, result, idle_rss) = match cli.server {
+        ServerKind::Trustd => {
+            let mut trustd = Trustd::start(&cli.trustd, &dir)?;
+            let server = Server {
+                kind: ServerKind::Trustd,
+                pid: trustd.pid,
+                addr: trustd.addr,
+            };
+            let idle_rss = memory_kib(server.pid).0;
+            let result = phases(cli, &server, &ca).await;
+            trustd.stop()?;
+            (&cli.trustd, result, idle_rss)
+        }
+        ServerKind::Cfssl => {
+            let mut cfssl = cfssl::Cfssl::start(&cli.cfssl, &dir)?;
+            let server = Server {
+                kind: ServerKind::Cfssl,
+                pid: cfssl.pid,
+                addr: cfssl.addr,
+            };
+            let idle_rss = memory_kib(server.pid).0;
+            let result = phases(cli, &server, &ca).await;
+            cfssl.stop()?;
+            (&cli.cfssl, result, idle_rss)
+        }
+    };
     let phases = result?;
+    // cfssl keeps no journal.
     let journal_lines = std::fs::read_to_string(dir.join("issued.jsonl"))
-        .context("read the journal")?
-        .lines()
-        .count();
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
     Ok(Report {
-        trustd: cli.trustd.display().to_string(),
+        server: cli.server,
+        binary: binary.display().to_string(),
+        ca_algorithm: cli.ca_algorithm.key().as_str(),
+        csr_algorithm: cli.csr_algorithm.key().as_str(),
+        server_idle_rss_kib: idle_rss,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
         clock_ticks_per_s: clock_ticks(),
         journal_fs: filesystem_type(&dir),
@@ -176,9 +273,21 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
     })
 }
 
-async fn phases(cli: &Cli, trustd: &Trustd, ca_pem: &str) -> anyhow::Result<Vec<Phase>> {
-    let tls =
-        Arc::new(basalt_pki::client_config(ca_pem.as_bytes(), None).context("client TLS config")?);
+/// The signer the phases talk to.
+struct Server {
+    kind: ServerKind,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+async fn phases(cli: &Cli, server: &Server, ca_pem: &str) -> anyhow::Result<Vec<Phase>> {
+    let mut tls =
+        basalt_pki::client_config(ca_pem.as_bytes(), None).context("client TLS config")?;
+    if server.kind == ServerKind::Cfssl {
+        // cfssl's API is HTTP/1.1 (Go would pick h2 if offered).
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    let tls = Arc::new(tls);
     let modes: &[bool] = if cli.new_connection {
         &[false, true]
     } else {
@@ -188,12 +297,14 @@ async fn phases(cli: &Cli, trustd: &Trustd, ca_pem: &str) -> anyhow::Result<Vec<
     for &new_connection in modes {
         for &concurrency in &cli.concurrency {
             let target = Target {
-                addr: trustd.addr,
+                kind: server.kind,
+                addr: server.addr,
                 tls: tls.clone(),
             };
-            let phase = phase(&target, trustd.pid, concurrency, cli, new_connection).await?;
+            let phase = phase(&target, server.pid, concurrency, cli, new_connection).await?;
             eprintln!(
-                "{} c={}: {:.0} certs/s, p50 {} µs, p99 {} µs, trustd {:.0} µs CPU/cert",
+                "{:?} {} c={}: {:.0} certs/s, p50 {} µs, p99 {} µs, server {:.0} µs CPU/cert",
+                server.kind,
                 phase.mode,
                 phase.concurrency,
                 phase.certs_per_s,
@@ -210,13 +321,55 @@ async fn phases(cli: &Cli, trustd: &Trustd, ca_pem: &str) -> anyhow::Result<Vec<
 /// Where the calls go.
 #[derive(Clone)]
 struct Target {
+    kind: ServerKind,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// One connection to the signer: gRPC to trustd, HTTP/1.1 to cfssl (one call at a time, so
+/// each worker has its own).
+#[derive(Clone)]
+enum Client {
+    Grpc(SecurityServiceClient<Channel>),
+    Http(Arc<Mutex<cfssl::HttpConn<tokio_rustls::client::TlsStream<TcpStream>>>>),
+}
+
+impl Client {
+    async fn sign(&self, csr: &[u8]) -> Result<(), tonic::Status> {
+        match self {
+            Client::Grpc(client) => call(client.clone(), csr).await,
+            Client::Http(conn) => {
+                let mut conn = conn.lock().await;
+                match tokio::time::timeout(CALL_TIMEOUT, conn.sign(csr)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(tonic::Status::unknown(format!("cfssl: {err:#}"))),
+                    Err(_) => Err(tonic::Status::deadline_exceeded("cfssl: no answer in time")),
+                }
+            }
+        }
+    }
+}
+
 impl Target {
-    /// One TCP + TLS 1.3 + HTTP/2 connection.
-    async fn connect(&self) -> anyhow::Result<SecurityServiceClient<Channel>> {
+    /// One TCP + TLS 1.3 connection (HTTP/2 for trustd, HTTP/1.1 for cfssl).
+    async fn connect(&self) -> anyhow::Result<Client> {
+        if self.kind == ServerKind::Cfssl {
+            let tcp = TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connect to cfssl at {}", self.addr))?;
+            tcp.set_nodelay(true)?;
+            let stream = TlsConnector::from(self.tls.clone())
+                .connect(ServerName::from(self.addr.ip()), tcp)
+                .await
+                .context("TLS handshake with cfssl")?;
+            return Ok(Client::Http(Arc::new(Mutex::new(cfssl::HttpConn::new(
+                stream,
+            )))));
+        }
+        self.connect_grpc().await.map(Client::Grpc)
+    }
+
+    async fn connect_grpc(&self) -> anyhow::Result<SecurityServiceClient<Channel>> {
         let (addr, tls) = (self.addr, self.tls.clone());
         let channel = Endpoint::from_static("http://signbench.invalid")
             .connect_timeout(Duration::from_secs(10))
@@ -253,8 +406,8 @@ async fn phase(
     new_connection: bool,
 ) -> anyhow::Result<Phase> {
     // Every CSR is made before anything is measured.
-    let warmup = Arc::new(csrs(cli.warmup)?);
-    let measured = Arc::new(csrs(cli.requests)?);
+    let warmup = Arc::new(csrs(cli.warmup, cli.csr_algorithm.key())?);
+    let measured = Arc::new(csrs(cli.requests, cli.csr_algorithm.key())?);
 
     let mut clients = Vec::with_capacity(concurrency);
     if !new_connection {
@@ -273,6 +426,7 @@ async fn phase(
     let elapsed = started.elapsed();
     let trustd_ticks = cpu_ticks(&format!("/proc/{pid}/stat"))? - trustd_before;
     let client_ticks = cpu_ticks("/proc/self/stat")? - client_before;
+    let (server_rss_kib, server_hwm_kib) = memory_kib(pid);
 
     let mut latencies = Vec::new();
     let mut errors = BTreeMap::new();
@@ -315,6 +469,8 @@ async fn phase(
         },
         trustd_cpu_us_per_cert: per_cert(trustd_ticks),
         client_cpu_us_per_cert: per_cert(client_ticks),
+        server_rss_kib,
+        server_hwm_kib,
     })
 }
 
@@ -322,7 +478,7 @@ async fn phase(
 /// connection per call when `clients` is empty.
 async fn send_all(
     target: &Target,
-    clients: &[SecurityServiceClient<Channel>],
+    clients: &[Client],
     concurrency: usize,
     csrs: &Arc<Vec<Vec<u8>>>,
 ) -> Vec<Tally> {
@@ -338,9 +494,9 @@ async fn send_all(
                 let Some(csr) = csrs.get(i) else { break };
                 let started = Instant::now();
                 let result = match &client {
-                    Some(client) => call(client.clone(), csr).await,
+                    Some(client) => client.sign(csr).await,
                     None => match target.connect().await {
-                        Ok(client) => call(client, csr).await,
+                        Ok(client) => client.sign(csr).await,
                         Err(err) => Err(tonic::Status::unavailable(format!("{err:#}"))),
                     },
                 };
@@ -382,7 +538,7 @@ async fn call(mut client: SecurityServiceClient<Channel>, csr: &[u8]) -> Result<
     request
         .metadata_mut()
         .insert("token", MetadataValue::from_static(TOKEN));
-    request.set_timeout(Duration::from_secs(10));
+    request.set_timeout(CALL_TIMEOUT);
     let response = client.certificate(request).await?.into_inner();
     if response.crt.is_empty() || response.ca.is_empty() {
         return Err(tonic::Status::internal(
@@ -392,8 +548,8 @@ async fn call(mut client: SecurityServiceClient<Channel>, csr: &[u8]) -> Result<
     Ok(())
 }
 
-/// `n` worker-style CSRs (CN + one DNS and one IP SAN), each with its own Ed25519 key.
-fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+/// `n` worker-style CSRs (CN + one DNS and one IP SAN), each with its own key.
+fn csrs(n: usize, algorithm: KeyAlgorithm) -> anyhow::Result<Vec<Vec<u8>>> {
     (0..n)
         .map(|i| {
             let name = format!("worker-{i}");
@@ -401,15 +557,18 @@ fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
                 SubjectAltName::Dns(name.clone()),
                 SubjectAltName::Ip([10, 5, (i >> 8) as u8, i as u8].into()),
             ];
-            let (pem, _key) = build_csr(&name, &sans, KeyAlgorithm::Ed25519)?;
+            let (pem, _key) = build_csr(&name, &sans, algorithm)?;
             Ok(pem.into_bytes())
         })
         .collect()
 }
 
 /// Writes the CA, trustd's server certificate and the config into `dir`; returns the CA PEM.
-fn write_cluster(dir: &Path) -> anyhow::Result<String> {
-    let ca = CertificateAuthority::generate(&CaOptions::talos_os())?;
+fn write_cluster(dir: &Path, algorithm: KeyAlgorithm) -> anyhow::Result<String> {
+    let ca = CertificateAuthority::generate(&CaOptions {
+        algorithm,
+        ..CaOptions::talos_os()
+    })?;
     let server = ca.issue_server(&ServerCertRequest {
         common_name: Some("signbench-trustd".to_owned()),
         sans: vec![SubjectAltName::Ip([127, 0, 0, 1].into())],
@@ -514,6 +673,20 @@ fn cpu_ticks(stat_path: &str) -> anyhow::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// VmRSS and VmHWM of a process in KiB (0 if it is gone).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmRSS:"), kib("VmHWM:"))
+}
+
 /// `getconf CLK_TCK`, 100 if that fails (the value on every Linux this runs on).
 fn clock_ticks() -> u64 {
     Command::new("getconf")
@@ -546,7 +719,7 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 
 fn print_table(report: &Report) {
     println!(
-        "| mode | concurrency | certs/s | p50 ms | p99 ms | trustd CPU µs/cert | client CPU µs/cert | errors |"
+        "| mode | concurrency | certs/s | p50 ms | p99 ms | server CPU µs/cert | client CPU µs/cert | errors |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for p in &report.phases {
@@ -579,5 +752,18 @@ mod tests {
     #[test]
     fn own_cpu_ticks_are_readable() {
         assert!(cpu_ticks("/proc/self/stat").is_ok());
+    }
+
+    #[test]
+    fn own_memory_is_readable() {
+        let (rss, hwm) = memory_kib(std::process::id());
+        assert!(rss > 0 && hwm >= rss);
+    }
+
+    #[test]
+    fn p256_csrs_are_made() {
+        let csrs = csrs(2, KeyAlgorithm::EcdsaP256).expect("csrs");
+        assert_eq!(csrs.len(), 2);
+        assert!(csrs[0].starts_with(b"-----BEGIN CERTIFICATE REQUEST-----"));
     }
 }
