@@ -9,7 +9,9 @@
 //! - `os:impersonator` is refused (InvalidArgument): it lets its holder assert any roles through
 //!   `talos-role`, so it belongs only to apid's own node certificate. Talos mints it on request;
 //!   basalt does not, so a stolen admin certificate cannot mint an all-powerful replacement.
-//! - `crt_ttl` must be positive: InvalidArgument "crt_ttl should be positive" otherwise.
+//! - `crt_ttl` must be positive: InvalidArgument "crt_ttl should be positive" otherwise. It
+//!   may not exceed [`MAX_CLIENT_CERT_TTL`] (Talos has no cap): a leaked admin certificate
+//!   must not be able to mint a replacement that outlives every rotation.
 //! - The certificate: O = one value per role, no CN, EKU clientAuth only, signed by the issuing
 //!   CA ([`CertificateAuthority::issue_client`]).
 //! - The reply: `ca` (the CA certificate PEM), `crt`, `key` (PEM) and `talosconfig`: one
@@ -29,6 +31,10 @@ use crate::Error;
 
 /// The method name used in errors.
 const METHOD: &str = "GenerateClientConfiguration";
+
+/// The longest `crt_ttl` issued: 87600h, the default of `talosctl config new --crt-ttl`, so
+/// Talos clients keep working.
+const MAX_CLIENT_CERT_TTL: Duration = Duration::from_secs(87_600 * 3600);
 
 /// Where the machine config comes from at each request.
 type Source = Arc<dyn Fn() -> Option<MachineConfig> + Send + Sync>;
@@ -75,6 +81,15 @@ impl ClientConfigs {
         let ttl = positive_ttl(request.crt_ttl.as_ref()).ok_or_else(|| Error::InvalidArgument {
             reason: "crt_ttl should be positive".to_owned(),
         })?;
+        if ttl > MAX_CLIENT_CERT_TTL {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "crt_ttl of {}h is longer than the maximum of {}h",
+                    ttl.as_secs() / 3600,
+                    MAX_CLIENT_CERT_TTL.as_secs() / 3600
+                ),
+            });
+        }
         let roles = RoleSet::parse(&request.roles);
         if roles.is_empty() {
             return Err(Error::InvalidArgument {

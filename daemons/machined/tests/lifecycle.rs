@@ -900,6 +900,18 @@ async fn generate_client_configuration_refuses_bad_requests_workers_and_non_admi
             .await
             .expect_err("ttl < 0");
         assert_eq!(err.code(), Code::InvalidArgument);
+        // 100 years: refused; the maximum (87600h, talosctl's default) is issued.
+        let err = generate(&mut client, &["os:reader"], ADMIN, 100 * 365 * 86_400)
+            .await
+            .expect_err("100-year ttl");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(
+            err.message(),
+            "crt_ttl of 876000h is longer than the maximum of 87600h"
+        );
+        generate(&mut client, &["os:reader"], ADMIN, 87_600 * 3600)
+            .await
+            .expect("the maximum ttl is issued");
         let err = generate(&mut client, &[" ", ""], ADMIN, 60)
             .await
             .expect_err("no roles");
