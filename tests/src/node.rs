@@ -611,9 +611,11 @@ fn write_machine_config(path: &Path, spec: &ConfigSpec<'_>) {
             }),
             apid: Some(RawListener {
                 listen: Some(spec.apid_addr.to_string()),
+                ..RawListener::default()
             }),
             trustd: Some(RawListener {
                 listen: Some(spec.trustd_addr.to_string()),
+                ..RawListener::default()
             }),
             metrics: spec.metrics.map(|(apid, trustd)| RawMetrics {
                 apid: Some(apid.to_string()),

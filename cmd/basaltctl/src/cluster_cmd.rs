@@ -313,6 +313,7 @@ fn worker_config(
         RawMachineConfig::generate(bundle, name, &trustd.to_string(), MachineType::Worker);
     raw.machine.apid = Some(RawListener {
         listen: Some(listen.to_string()),
+        ..RawListener::default()
     });
     MachineConfig::try_from(raw).context("build the worker machine config")
 }
@@ -471,9 +472,11 @@ fn machine_config(
     }
     raw.machine.apid = Some(RawListener {
         listen: Some(listen.to_string()),
+        ..RawListener::default()
     });
     raw.machine.trustd = Some(RawListener {
         listen: Some(trustd.to_string()),
+        ..RawListener::default()
     });
     MachineConfig::try_from(raw).context("build the machine config")
 }

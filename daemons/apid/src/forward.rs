@@ -56,9 +56,9 @@ use crate::peer::CallIdentity;
 const STREAM_WINDOW: u32 = 65_535 * 32;
 /// HTTP/2 connection window towards machined: Talos's `InitialConnWindowSize` (65535 × 16).
 const CONNECTION_WINDOW: u32 = 65_535 * 16;
-/// Largest response header block accepted from machined (the same limit apid applies to its
-/// clients' requests).
-const MAX_HEADER_LIST_SIZE: u32 = crate::server::MAX_HEADER_LIST_SIZE;
+/// Largest response header block accepted from machined or another apid (the default limit
+/// apid applies to its clients' requests).
+const MAX_HEADER_LIST_SIZE: u32 = basalt_config::limits::DEFAULT_MAX_HEADER_BYTES;
 /// A unix-socket connect either succeeds or fails at once; this only guards a wedged kernel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The `:authority` machined sees; only a label on a unix socket.

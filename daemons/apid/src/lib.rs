@@ -57,6 +57,6 @@ pub use basalt_grpc::{HandshakeFailure, HandshakeStats, HandshakeStatsHandle, Re
 pub use crate::error::{BoxError, Error};
 pub use crate::server::LimitStatsHandle;
 pub use crate::server::{
-    Bound, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
-    MAX_HEADER_LIST_SIZE, SHUTDOWN_GRACE, Server, check_config,
+    Bound, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME_SIZE, SHUTDOWN_GRACE, Server,
+    check_config,
 };

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use basalt_config::ApidConfig;
+use basalt_config::{ApidConfig, ApidLimits};
 use basalt_grpc::reload::DEFAULT_POLL_INTERVAL;
 use basalt_grpc::{
     CredentialFiles, HandshakeStatsHandle, ReloadHandle, ServerConfigReloader, TlsAcceptLoop,
@@ -44,13 +44,6 @@ use crate::routing::LocalNames;
 
 /// How long open calls get to finish after shutdown is requested (Talos: 10 s graceful stop).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Most concurrent calls (HTTP/2 streams) one connection may have open.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-
-/// Largest request header block accepted, in bytes (gRPC metadata is small; talosctl sends well
-/// under 1 KiB).
-pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
 /// Largest HTTP/2 frame apid accepts: the protocol's default and minimum, 16 KiB.
 pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
@@ -133,6 +126,7 @@ impl Server {
                 connections: Arc::default(),
                 per_address,
             },
+            http2: http2_builder(&config.limits),
         })
     }
 }
@@ -217,6 +211,7 @@ pub struct Bound {
     audit_writer: AuditWriter,
     metrics: Option<Endpoint>,
     revocation: Revocation,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl Bound {
@@ -259,6 +254,7 @@ impl Bound {
             audit_writer,
             metrics,
             revocation,
+            http2,
             ..
         } = self;
         // Closes a revoked certificate's open connections within a poll interval of the list
@@ -286,6 +282,7 @@ impl Bound {
                 accepted = incoming.recv() => match accepted {
                     Some(conn) => spawn_connection(
                         conn,
+                        &http2,
                         &shared,
                         &revocation,
                         &graceful,
@@ -325,13 +322,14 @@ impl Bound {
     }
 }
 
-/// The HTTP/2 server settings; see the constants for the why of each value.
-fn http2_builder() -> http2::Builder<TokioExecutor> {
+/// The HTTP/2 server settings: streams per connection and header size from the configured
+/// limits (`machine.apidLimits`); see the constants for the why of the others.
+fn http2_builder(limits: &ApidLimits) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(limits.max_header_bytes)
         .max_frame_size(MAX_FRAME_SIZE)
         // Talos's flow-control windows (`InitialWindowSize`, `InitialConnWindowSize`).
         .initial_stream_window_size(65_535 * 32)
@@ -343,6 +341,7 @@ fn http2_builder() -> http2::Builder<TokioExecutor> {
 
 fn spawn_connection(
     conn: TlsConnection,
+    http2: &http2::Builder<TokioExecutor>,
     shared: &Arc<Shared>,
     revocation: &Revocation,
     graceful: &GracefulShutdown,
@@ -405,8 +404,7 @@ fn spawn_connection(
             Ok::<_, Infallible>(pipeline::handle(&shared, peer.as_ref(), request).await)
         })
     });
-    let connection =
-        graceful.watch(http2_builder().serve_connection(TokioIo::new(stream), service));
+    let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
     connections.spawn(async move {
         tokio::select! {
             result = connection => {

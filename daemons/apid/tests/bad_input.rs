@@ -538,7 +538,7 @@ async fn streams_beyond_the_concurrency_limit_are_refused_and_open_ones_continue
         let mut conn = h2_connection(&apid, &pki).await;
 
         // 300 calls whose request bodies never end: they stay open.
-        let limit = apid::MAX_CONCURRENT_STREAMS as usize;
+        let limit = basalt_config::limits::DEFAULT_MAX_STREAMS_PER_CONNECTION as usize;
         let total = limit + 44;
         let block = request_block(VERSION_PATH, &[]);
         let bytes: Vec<u8> = (0..total)

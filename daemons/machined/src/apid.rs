@@ -199,7 +199,7 @@ pub fn prepare(
         },
         machined_socket: absolute(machined_socket)?,
         audit: AuditSink::File(files.dir.join("audit.log")),
-        handshake_timeout: basalt_config::apid::DEFAULT_HANDSHAKE_TIMEOUT,
+        handshake_timeout: machine.apid_handshake_timeout(),
         // Only a node holding the CA key can mint an impersonator certificate; workers do not
         // forward (Talos: "no request forwarding").
         forwarding: holds_ca_key.then(|| files.forwarding.clone()),

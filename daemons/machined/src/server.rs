@@ -151,6 +151,29 @@ impl Server {
                 Arc::new(move || store.boot().map_err(|err| chain(&err))),
             );
         }
+        if let (Some(store), Some((launch, _, hostname))) = (&config_store, &apid) {
+            // apid and trustd read their settings (listen addresses, handshake timeouts,
+            // limits, metrics: the keys that need a reboot) from files written at bind time;
+            // write them again from the now active config before the services start again.
+            let store = store.clone();
+            let state_dir = launch.state_dir.clone();
+            let hostname = hostname.clone();
+            let socket = socket.clone();
+            let runs_trustd = trustd.is_some();
+            lifecycle.on_boot(
+                "writeDaemonConfigs",
+                Arc::new(move || {
+                    let machine = store.current().config.clone();
+                    apid::prepare(&machine, &state_dir, &hostname, &socket)
+                        .map_err(|err| format!("apid: {}", chain(&err)))?;
+                    if runs_trustd && machine.ca_key().is_some() {
+                        trustd_files::prepare(&machine, &state_dir, &hostname)
+                            .map_err(|err| format!("trustd: {}", chain(&err)))?;
+                    }
+                    Ok(())
+                }),
+            );
+        }
         // Without a store, ApplyConfiguration and ConfigService answer FailedPrecondition.
         let config_api = ConfigApi::new(
             config_store.clone(),

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use basalt_config::fs::{Overwrite, ensure_private_dir, write_atomic};
-use basalt_config::trustd::{CertKeyFiles, DEFAULT_HANDSHAKE_TIMEOUT};
+use basalt_config::trustd::CertKeyFiles;
 use basalt_config::{AcceptedToken, MachineConfig, RateLimit, TrustdConfig, TrustdPolicy};
 use basalt_pki::{CertificateAuthority, ServerCertRequest};
 
@@ -189,7 +189,7 @@ pub fn write_all(
             ..TrustdPolicy::default()
         },
         rate_limit: RateLimit::default(),
-        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        handshake_timeout: machine.trustd_handshake_timeout(),
         metrics: machine.trustd_metrics(),
     };
     let yaml = config

@@ -237,27 +237,13 @@ impl TryFrom<RawApidConfig> for ApidConfig {
             }
         };
 
-        let handshake_timeout = match raw.handshake_timeout {
-            None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
-            Some(text) => match parse_duration(&text) {
-                Err(reason) => {
-                    problems.push("handshakeTimeout", reason);
-                    None
-                }
-                Ok(d) if d.is_zero() => {
-                    problems.push("handshakeTimeout", "must be greater than zero");
-                    None
-                }
-                Ok(d) if d > MAX_HANDSHAKE_TIMEOUT => {
-                    problems.push(
-                        "handshakeTimeout",
-                        format!("must be at most {}", format_duration(MAX_HANDSHAKE_TIMEOUT)),
-                    );
-                    None
-                }
-                Ok(d) => Some(d),
-            },
-        };
+        let handshake_timeout = bounded_duration(
+            &mut problems,
+            "handshakeTimeout",
+            raw.handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            MAX_HANDSHAKE_TIMEOUT,
+        );
 
         // `forwarding` is optional as a whole; once present, both paths are required.
         let forwarding = raw.forwarding.map(|RawForwarding { cert, key }| {
@@ -470,6 +456,35 @@ pub(crate) fn absolute_path(
             None
         }
         Some(text) => Some(PathBuf::from(text)),
+    }
+}
+
+/// A positive duration of at most `max`, or `default` when unset; a bad value is a problem
+/// under `key` (and `None`).
+pub(crate) fn bounded_duration(
+    problems: &mut Problems,
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+    max: Duration,
+) -> Option<Duration> {
+    match value {
+        None => Some(default),
+        Some(text) => match parse_duration(&text) {
+            Err(reason) => {
+                problems.push(key, reason);
+                None
+            }
+            Ok(d) if d.is_zero() => {
+                problems.push(key, "must be greater than zero");
+                None
+            }
+            Ok(d) if d > max => {
+                problems.push(key, format!("must be at most {}", format_duration(max)));
+                None
+            }
+            Ok(d) => Some(d),
+        },
     }
 }
 

@@ -9,6 +9,8 @@
 //! burst: 200                    # calls a client may make at once above the steady rate
 //! maxInFlight: 64               # calls (incl. open streams) one certificate may have open
 //! maxConnectionsPerAddress: 64  # TLS connections one source IP address may hold open
+//! maxStreamsPerConnection: 256  # HTTP/2 streams (calls) one connection may have open
+//! maxHeaderBytes: 65536         # largest request header block (4 KiB to 1 MiB)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,17 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 /// TLS connections one source IP address may hold open at once.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 64;
 
+/// HTTP/2 streams (calls) one connection may have open at once; more get REFUSED_STREAM.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// Largest request header block apid accepts, in bytes (gRPC metadata is small; talosctl sends
+/// well under 1 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+
+/// The range `maxHeaderBytes` accepts: below 4 KiB ordinary gRPC metadata no longer fits,
+/// above 1 MiB one header block is a memory lever.
+pub const HEADER_BYTES_RANGE: std::ops::RangeInclusive<u32> = 4 * 1024..=1024 * 1024;
+
 /// The largest value any limit accepts: beyond it a limit no longer limits anything.
 pub const MAX_LIMIT: u32 = 1_000_000;
 
@@ -43,6 +56,10 @@ pub struct ApidLimits {
     pub max_in_flight: u32,
     /// `maxConnectionsPerAddress`.
     pub max_connections_per_address: u32,
+    /// `maxStreamsPerConnection`.
+    pub max_streams_per_connection: u32,
+    /// `maxHeaderBytes`.
+    pub max_header_bytes: u32,
 }
 
 impl Default for ApidLimits {
@@ -52,6 +69,8 @@ impl Default for ApidLimits {
             burst: DEFAULT_BURST,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -95,6 +114,26 @@ impl ApidLimits {
                 raw.max_connections_per_address,
                 defaults.max_connections_per_address,
             ),
+            max_streams_per_connection: check(
+                "maxStreamsPerConnection",
+                raw.max_streams_per_connection,
+                defaults.max_streams_per_connection,
+            ),
+            max_header_bytes: match raw.max_header_bytes {
+                None => defaults.max_header_bytes,
+                Some(v) if HEADER_BYTES_RANGE.contains(&v) => v,
+                Some(_) => {
+                    problems.push(
+                        format!("{prefix}.maxHeaderBytes"),
+                        format!(
+                            "must be between {} and {}",
+                            HEADER_BYTES_RANGE.start(),
+                            HEADER_BYTES_RANGE.end()
+                        ),
+                    );
+                    defaults.max_header_bytes
+                }
+            },
         }
     }
 
@@ -111,6 +150,11 @@ impl ApidLimits {
                 self.max_connections_per_address,
                 defaults.max_connections_per_address,
             ),
+            max_streams_per_connection: differs(
+                self.max_streams_per_connection,
+                defaults.max_streams_per_connection,
+            ),
+            max_header_bytes: differs(self.max_header_bytes, defaults.max_header_bytes),
         };
         (raw != RawApidLimits::default()).then_some(raw)
     }
@@ -136,6 +180,12 @@ pub struct RawApidLimits {
     /// `maxConnectionsPerAddress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_per_address: Option<u32>,
+    /// `maxStreamsPerConnection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams_per_connection: Option<u32>,
+    /// `maxHeaderBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<u32>,
 }
 
 #[cfg(test)]
@@ -170,10 +220,12 @@ mod tests {
             Some(RawApidLimits {
                 requests_per_second: Some(0),
                 max_connections_per_address: Some(MAX_LIMIT + 1),
+                max_streams_per_connection: Some(0),
+                max_header_bytes: Some(1024),
                 ..RawApidLimits::default()
             }),
         );
-        assert_eq!(problems.len(), 2);
+        assert_eq!(problems.len(), 4);
         let text = problems
             .into_error(crate::Document::MachineConfig)
             .to_string();
@@ -183,6 +235,14 @@ mod tests {
         );
         assert!(
             text.contains("machine.apidLimits.maxConnectionsPerAddress"),
+            "{text}"
+        );
+        assert!(
+            text.contains("machine.apidLimits.maxStreamsPerConnection"),
+            "{text}"
+        );
+        assert!(
+            text.contains("machine.apidLimits.maxHeaderBytes: must be between 4096 and 1048576"),
             "{text}"
         );
     }

@@ -13,8 +13,8 @@
 //!   acceptedCAs: [{crt: <base64 PEM>}]      # optional: CA rotation
 //!   certSANs: [10.0.0.1, node.example]      # optional
 //!   hostname: node-1                        # optional
-//!   apid: {listen: "0.0.0.0:50000"}         # optional
-//!   trustd: {listen: "0.0.0.0:50001"}       # optional
+//!   apid: {listen: "0.0.0.0:50000", handshakeTimeout: 10s}   # optional (these are the defaults)
+//!   trustd: {listen: "0.0.0.0:50001", handshakeTimeout: 10s} # optional
 //!   metrics: {apid: "127.0.0.1:9100", trustd: "127.0.0.1:9101"}  # optional, off by default
 //!   apidLimits: {requestsPerSecond: 100}    # optional: apid's per-client limits, see [`crate::limits`]
 //!   services: [...]                         # optional: supervised processes, see [`crate::service`]
@@ -30,12 +30,13 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::apid::{bounded_duration, format_duration};
 use crate::error::Problems;
 use crate::host::{Endpoint, Host, dns_name_problem};
 use crate::limits::{ApidLimits, RawApidLimits};
@@ -118,6 +119,8 @@ pub struct MachineConfig {
     hostname: Option<String>,
     apid_listen: SocketAddr,
     trustd_listen: SocketAddr,
+    apid_handshake_timeout: Duration,
+    trustd_handshake_timeout: Duration,
     apid_metrics: Option<SocketAddr>,
     trustd_metrics: Option<SocketAddr>,
     apid_limits: ApidLimits,
@@ -156,11 +159,13 @@ impl MachineConfig {
 
     /// The serde form of this config, e.g. to edit and re-validate it.
     pub fn to_raw(&self) -> RawMachineConfig {
-        let listener = |addr: SocketAddr, default: SocketAddr| {
-            // Defaults are left out so a later change of default reaches existing files.
-            (addr != default).then(|| RawListener {
-                listen: Some(addr.to_string()),
-            })
+        // Defaults are left out so a later change of default reaches existing files.
+        let listener = |(addr, default): (SocketAddr, SocketAddr), (timeout, default_timeout)| {
+            let raw = RawListener {
+                listen: (addr != default).then(|| addr.to_string()),
+                handshake_timeout: (timeout != default_timeout).then(|| format_duration(timeout)),
+            };
+            (raw != RawListener::default()).then_some(raw)
         };
         RawMachineConfig {
             version: Some(MACHINE_CONFIG_VERSION.to_owned()),
@@ -185,8 +190,20 @@ impl MachineConfig {
                     .collect(),
                 cert_sans: self.cert_sans.iter().map(Host::to_string).collect(),
                 hostname: self.hostname.clone(),
-                apid: listener(self.apid_listen, DEFAULT_APID_LISTEN),
-                trustd: listener(self.trustd_listen, DEFAULT_TRUSTD_LISTEN),
+                apid: listener(
+                    (self.apid_listen, DEFAULT_APID_LISTEN),
+                    (
+                        self.apid_handshake_timeout,
+                        crate::apid::DEFAULT_HANDSHAKE_TIMEOUT,
+                    ),
+                ),
+                trustd: listener(
+                    (self.trustd_listen, DEFAULT_TRUSTD_LISTEN),
+                    (
+                        self.trustd_handshake_timeout,
+                        crate::trustd::DEFAULT_HANDSHAKE_TIMEOUT,
+                    ),
+                ),
                 metrics: (self.apid_metrics.is_some() || self.trustd_metrics.is_some()).then(
                     || RawMetrics {
                         apid: self.apid_metrics.map(|addr| addr.to_string()),
@@ -253,6 +270,16 @@ impl MachineConfig {
     /// `machine.trustd.listen`, or [`DEFAULT_TRUSTD_LISTEN`].
     pub fn trustd_listen(&self) -> SocketAddr {
         self.trustd_listen
+    }
+
+    /// `machine.apid.handshakeTimeout`: how long a client gets to finish apid's TLS handshake.
+    pub fn apid_handshake_timeout(&self) -> Duration {
+        self.apid_handshake_timeout
+    }
+
+    /// `machine.trustd.handshakeTimeout`: the same for trustd.
+    pub fn trustd_handshake_timeout(&self) -> Duration {
+        self.trustd_handshake_timeout
     }
 
     /// `machine.metrics.apid`: where apid serves Prometheus metrics; `None` (default): nowhere.
@@ -373,17 +400,35 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
             );
         }
 
+        let (apid, trustd) = (
+            machine.apid.unwrap_or_default(),
+            machine.trustd.unwrap_or_default(),
+        );
         let apid_listen = parse_listen(
             &mut problems,
             "machine.apid.listen",
-            machine.apid,
+            apid.listen,
             DEFAULT_APID_LISTEN,
         );
         let trustd_listen = parse_listen(
             &mut problems,
             "machine.trustd.listen",
-            machine.trustd,
+            trustd.listen,
             DEFAULT_TRUSTD_LISTEN,
+        );
+        let apid_handshake_timeout = bounded_duration(
+            &mut problems,
+            "machine.apid.handshakeTimeout",
+            apid.handshake_timeout,
+            crate::apid::DEFAULT_HANDSHAKE_TIMEOUT,
+            crate::apid::MAX_HANDSHAKE_TIMEOUT,
+        );
+        let trustd_handshake_timeout = bounded_duration(
+            &mut problems,
+            "machine.trustd.handshakeTimeout",
+            trustd.handshake_timeout,
+            crate::trustd::DEFAULT_HANDSHAKE_TIMEOUT,
+            crate::trustd::MAX_HANDSHAKE_TIMEOUT,
         );
         if let (Some(apid), Some(trustd)) = (apid_listen, trustd_listen)
             && overlaps(apid, trustd)
@@ -427,6 +472,8 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
             ca_crt,
             apid_listen,
             trustd_listen,
+            apid_handshake_timeout,
+            trustd_handshake_timeout,
             cluster_name,
         ) {
             (
@@ -435,6 +482,8 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
                 Some(ca_crt),
                 Some(apid_listen),
                 Some(trustd_listen),
+                Some(apid_handshake_timeout),
+                Some(trustd_handshake_timeout),
                 Some(cluster_name),
             ) if problems.is_empty() => Ok(MachineConfig {
                 machine_type,
@@ -447,6 +496,8 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
                 hostname: machine.hostname,
                 apid_listen,
                 trustd_listen,
+                apid_handshake_timeout,
+                trustd_handshake_timeout,
                 apid_metrics,
                 trustd_metrics,
                 apid_limits,
@@ -621,11 +672,19 @@ pub struct RawCertificate {
 
 /// `machine.apid:` / `machine.trustd:` — a server's settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with listen")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with listen and/or handshakeTimeout"
+)]
 pub struct RawListener {
     /// `listen`: `address:port` to bind, e.g. `0.0.0.0:50000` or `[::]:50000`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// `handshakeTimeout`: how long a client gets to finish the TLS handshake (Go duration,
+    /// default 10s, at most 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<String>,
 }
 
 /// `machine.metrics:` — where apid and trustd serve Prometheus metrics (plain HTTP,
@@ -804,10 +863,10 @@ fn check_ca_key(
 fn parse_listen(
     problems: &mut Problems,
     key: &str,
-    raw: Option<RawListener>,
+    listen: Option<String>,
     default: SocketAddr,
 ) -> Option<SocketAddr> {
-    match raw.and_then(|raw| raw.listen) {
+    match listen {
         None => Some(default),
         Some(text) => text
             .parse::<SocketAddr>()
@@ -1192,6 +1251,34 @@ mod tests {
         let text = format!("{}extra: true\n", worker_yaml());
         let message = parse_error_text(&MachineConfig::from_yaml(&text).unwrap_err());
         assert!(message.starts_with("unknown field `extra`"), "{message}");
+    }
+
+    #[test]
+    fn handshake_timeouts_are_validated_and_round_trip() {
+        let text = worker_yaml().replace(
+            "  type: worker\n",
+            "  type: worker\n  apid: {handshakeTimeout: 7s}\n  trustd: {handshakeTimeout: 2m}\n",
+        );
+        let config = MachineConfig::from_yaml(&text).expect("valid");
+        assert_eq!(config.apid_handshake_timeout(), Duration::from_secs(7));
+        assert_eq!(config.trustd_handshake_timeout(), Duration::from_secs(120));
+        assert_eq!(config.apid_listen(), DEFAULT_APID_LISTEN);
+        let again = MachineConfig::try_from(config.to_raw()).expect("round trip");
+        assert_eq!(again.apid_handshake_timeout(), Duration::from_secs(7));
+
+        let text = worker_yaml().replace(
+            "  type: worker\n",
+            "  type: worker\n  apid: {handshakeTimeout: 0s}\n  trustd: {handshakeTimeout: 1h}\n",
+        );
+        let err = MachineConfig::from_yaml(&text).expect_err("bad timeouts");
+        assert_eq!(
+            problem_keys(&err),
+            [
+                "machine.apid.handshakeTimeout",
+                "machine.trustd.handshakeTimeout"
+            ],
+            "{err}"
+        );
     }
 
     #[test]

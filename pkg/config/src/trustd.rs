@@ -54,7 +54,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::apid::{absolute_path, format_duration, metrics_address, parse_duration};
+use crate::apid::{
+    absolute_path, bounded_duration, format_duration, metrics_address, parse_duration,
+};
 use crate::error::Problems;
 use crate::machine::DEFAULT_TRUSTD_LISTEN;
 use crate::token::TOKEN_FORMAT;
@@ -715,34 +717,6 @@ fn bounded_count(
             problems.push(key, format!("{n} is out of range; use {min} to {max}"));
             None
         }
-    }
-}
-
-/// A positive duration of at most `max`, or `default` when unset.
-fn bounded_duration(
-    problems: &mut Problems,
-    key: &str,
-    value: Option<String>,
-    default: Duration,
-    max: Duration,
-) -> Option<Duration> {
-    match value {
-        None => Some(default),
-        Some(text) => match parse_duration(&text) {
-            Err(reason) => {
-                problems.push(key, reason);
-                None
-            }
-            Ok(d) if d.is_zero() => {
-                problems.push(key, "must be greater than zero");
-                None
-            }
-            Ok(d) if d > max => {
-                problems.push(key, format!("must be at most {}", format_duration(max)));
-                None
-            }
-            Ok(d) => Some(d),
-        },
     }
 }
 

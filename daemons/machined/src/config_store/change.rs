@@ -9,11 +9,20 @@ use serde_yaml::Value;
 /// Keys whose change needs a reboot; everything else applies live.
 ///
 /// - `machine.type`: decides whether machined issues apid's certificate and runs trustd.
-/// - `machine.apid` / `machine.trustd` (listen addresses): the listeners are bound once.
+/// - `machine.apid` / `machine.trustd` (listen addresses, handshake timeouts),
+///   `machine.apidLimits` and `machine.metrics`: apid and trustd read them from the config
+///   files machined writes before it starts them, at its start and at every container-mode
+///   reboot (the `writeDaemonConfigs` boot hook).
 ///
 /// Services, `certSANs`, hostname, tokens, `ca`, `acceptedCAs` and `cluster` apply live: the
 /// certificates and trustd's files follow them within seconds (`crate::pki_reconcile`).
-pub const REBOOT_KEYS: &[&str] = &["machine.type", "machine.apid", "machine.trustd"];
+pub const REBOOT_KEYS: &[&str] = &[
+    "machine.type",
+    "machine.apid",
+    "machine.trustd",
+    "machine.apidLimits",
+    "machine.metrics",
+];
 
 /// How long the diff of a dry run may take to compute before it falls back to a coarser one.
 const DIFF_TIMEOUT: Duration = Duration::from_secs(1);
