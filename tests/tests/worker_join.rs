@@ -1,7 +1,7 @@
 //! A worker joins through trustd: the control plane's machined runs trustd as a built-in
 //! service; the worker's machined gets apid's server certificate from it (CSR + join token)
-//! and only then starts apid. A worker with a wrong token never gets a certificate and says
-//! why in its log.
+//! and only then starts apid. That certificate is refused as a client certificate. A worker
+//! with a wrong token never gets a certificate and says why in its log.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -130,6 +130,35 @@ async fn a_worker_joins_through_trustd_and_a_wrong_token_does_not() {
         ),
         Err(err) => eprintln!("skipping openssl verify: {err}"),
     }
+
+    // The trustd-issued leaf (serverAuth only, no O) and its key are refused as a client
+    // certificate by the control plane's apid, which then still serves the admin.
+    let key_pem = read(&worker.state_dir().join("apid").join("server.key"));
+    let as_client = basalt_e2e::net::tls_config(
+        control_plane.pki().ca_pem(),
+        Some((cert_pem.as_str(), key_pem.as_str())),
+    );
+    let refused = match basalt_e2e::net::connect(control_plane.apid_addr(), as_client).await {
+        // TLS 1.3: the client's certificate is checked after the client finished, so the
+        // refusal shows on the first call.
+        Ok(channel) => {
+            basalt_api::machine::machine_service_client::MachineServiceClient::new(channel)
+                .version(())
+                .await
+                .is_err()
+        }
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a trustd leaf was accepted as a client certificate"
+    );
+    control_plane
+        .client(Cert::Admin)
+        .await
+        .version(())
+        .await
+        .expect("the control plane serves the admin after the refusal");
 
     let lines = journal_lines(&control_plane);
     let for_worker: Vec<&String> = lines
