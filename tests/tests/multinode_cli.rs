@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use basalt_api::machine::ReadRequest;
 use basalt_config::{Base64Pem, ClientConfig, Context};
-use basalt_e2e::{Binary, Cert, Node, within_test_deadline};
+use basalt_e2e::{Binary, Cert, Node, Outcome, net, within_test_deadline};
 
 /// Upper bound for one basaltctl invocation.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(50);
@@ -388,6 +388,61 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
         );
         assert_ne!(boot_id(&w1).await, before.1);
         assert_ne!(boot_id(&w2).await, before.2);
+
+        // `cert revoke -n` revokes on every node named; each lists it and refuses the reader.
+        let reader = cp.pki().credentials(Cert::Reader);
+        let reader_cert = reader.cert_path.display().to_string();
+        let fingerprint = basalt_pki::Identity::from_pem(&reader.cert_pem)
+            .unwrap()
+            .fingerprint;
+        let revoke = [
+            "cert",
+            "revoke",
+            "--cert",
+            &reader_cert,
+            "--reason",
+            "left",
+            "-n",
+            &all,
+        ];
+        let out = basaltctl(cp.dir(), &config, &revoke).await;
+        assert!(out.status.success(), "{}", explain(&out, &cp));
+        let out = basaltctl(
+            cp.dir(),
+            &config,
+            &["cert", "revoked", "-n", &all, "-o", "json"],
+        )
+        .await;
+        assert!(out.status.success(), "{}", explain(&out, &cp));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| {
+                n["revoked"].as_array().is_some_and(|entries| {
+                    entries
+                        .iter()
+                        .any(|e| e["fingerprint"] == fingerprint.as_str())
+                })
+            })
+            .map(|n| n["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [&cp_name, &w1_name, &w2_name], "{json}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match net::probe_tls(w1.apid_addr(), w1.tls(Some(Cert::Reader))).await {
+                Outcome::Refused(reason) => {
+                    assert!(reason.contains("CertificateRevoked"), "{reason}");
+                    break;
+                }
+                Outcome::Accepted => assert!(
+                    Instant::now() < deadline,
+                    "the worker still accepts the revoked reader"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         // A stopped worker: the other's result is printed, the stopped one listed, exit 1.
         w2.shutdown().await;
