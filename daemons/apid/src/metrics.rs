@@ -20,16 +20,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use basalt_config::ApidConfig;
 use basalt_grpc::HandshakeStatsHandle;
-use basalt_grpc::metrics::{MetricsListener, Render, TextEncoder};
-use basalt_pki::Identity;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use basalt_grpc::metrics::{MetricsListener, ServingGuard, TextEncoder, earliest_not_after};
 use tonic::Code;
 
 use crate::audit::{AuditLog, code_name};
@@ -350,35 +347,9 @@ impl Endpoint {
     /// Serves scrapes until the returned guard is dropped.
     pub(crate) fn spawn(self) -> ServingGuard {
         let scrape = self.scrape;
-        let render: Render = Arc::new(move || scrape.render());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = self.listener.spawn(render, async {
-            let _ = stopped.await;
-        });
-        ServingGuard {
-            _stop: stop,
-            _task: task,
-        }
+        self.listener
+            .serve_until_dropped(Arc::new(move || scrape.render()))
     }
-}
-
-/// Stops the metrics endpoint when dropped (the closed channel ends its accept loop).
-#[derive(Debug)]
-pub(crate) struct ServingGuard {
-    _stop: oneshot::Sender<()>,
-    _task: JoinHandle<()>,
-}
-
-/// The earliest NotAfter (Unix seconds) among the certificates in a PEM file. For a chain that
-/// is the leaf or an intermediate that runs out first; for a CA bundle, the first CA to expire.
-pub(crate) fn earliest_not_after(path: &Path) -> Option<i64> {
-    let bytes = std::fs::read(path).ok()?;
-    basalt_pki::certificates_from_pem(&bytes)
-        .ok()?
-        .iter()
-        .filter_map(|der| Identity::from_der(der).ok())
-        .map(|identity| identity.not_after.unix_timestamp())
-        .min()
 }
 
 #[cfg(test)]

@@ -14,11 +14,11 @@
 //!   is not cached, so a node that comes back is reached at once.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use basalt_grpc::FileStamp;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -72,21 +72,13 @@ struct State {
     /// The current client config, if one could be built.
     config: Option<Arc<ClientConfig>>,
     /// File stamps the config was built from.
-    stamps: [Option<Stamp>; 3],
+    stamps: [Option<FileStamp>; 3],
     /// When the files were last checked.
     checked: Option<Instant>,
     /// Why the last load failed, while there is no config.
     load_error: Option<String>,
     /// One connection slot per `host:port`.
     pool: HashMap<(crate::routing::Host, u16), Arc<ConnectionSlot>>,
-}
-
-/// What changes when a file is replaced or rewritten.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
 }
 
 impl RemoteApids {
@@ -253,8 +245,8 @@ impl RemoteApids {
         }
     }
 
-    fn stamps(&self) -> [Option<Stamp>; 3] {
-        [&self.files.cert, &self.files.key, &self.files.ca].map(|path| stamp(path))
+    fn stamps(&self) -> [Option<FileStamp>; 3] {
+        [&self.files.cert, &self.files.key, &self.files.ca].map(|path| FileStamp::of(path))
     }
 
     fn build(&self) -> Result<ClientConfig, BoxError> {
@@ -298,15 +290,6 @@ async fn connect(
         })??;
     debug!(target = %target.name, port, "Connected to a remote apid");
     Ok(connection)
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode: meta.ino(),
-    })
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@
 //! has not revoked anything yet).
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use basalt_grpc::FileStamp;
 use basalt_pki::RevocationCheck;
 use serde::Deserialize;
 use tracing::{error, info};
@@ -168,12 +168,12 @@ pub(crate) async fn watch(
     connections: Arc<Connections>,
     interval: Duration,
 ) {
-    let mut seen = stamp(&path);
+    let mut seen = FileStamp::of(&path);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let now = stamp(&path);
+        let now = FileStamp::of(&path);
         if now == seen {
             continue;
         }
@@ -237,23 +237,6 @@ struct RevocationFileEntry {
     serial: String,
     #[serde(default)]
     fingerprint: String,
-}
-
-/// What identifies one version of the file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode: meta.ino(),
-    })
 }
 
 #[cfg(test)]

@@ -13,16 +13,13 @@
 //! No label carries a peer address or a token: a scrape reveals counts only.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use basalt_config::TrustdConfig;
-use basalt_grpc::metrics::{MetricsListener, Render, TextEncoder};
+use basalt_grpc::metrics::{MetricsListener, ServingGuard, TextEncoder, earliest_not_after};
 use basalt_grpc::{HandshakeFailure, HandshakeStatsHandle};
-use basalt_pki::Identity;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error::Error;
 
@@ -100,23 +97,9 @@ impl Endpoint {
     /// Serves scrapes until the returned guard is dropped.
     pub(crate) fn spawn(self) -> ServingGuard {
         let scrape = self.scrape;
-        let render: Render = Arc::new(move || scrape.render());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = self.listener.spawn(render, async {
-            let _ = stopped.await;
-        });
-        ServingGuard {
-            _stop: stop,
-            _task: task,
-        }
+        self.listener
+            .serve_until_dropped(Arc::new(move || scrape.render()))
     }
-}
-
-/// Stops the metrics endpoint when dropped (the closed channel ends its accept loop).
-#[derive(Debug)]
-pub(crate) struct ServingGuard {
-    _stop: oneshot::Sender<()>,
-    _task: JoinHandle<()>,
 }
 
 impl Scrape {
@@ -181,15 +164,4 @@ impl Scrape {
         }
         text.finish()
     }
-}
-
-/// The earliest NotAfter (Unix seconds) among the certificates in a PEM file.
-fn earliest_not_after(path: &Path) -> Option<i64> {
-    let bytes = std::fs::read(path).ok()?;
-    basalt_pki::certificates_from_pem(&bytes)
-        .ok()?
-        .iter()
-        .filter_map(|der| Identity::from_der(der).ok())
-        .map(|identity| identity.not_after.unix_timestamp())
-        .min()
 }

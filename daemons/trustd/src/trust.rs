@@ -13,13 +13,13 @@
 //! file (listen address, journal, policy, limits) is logged as needing a restart. A call in
 //! flight finishes with the material it started with.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use basalt_config::TrustdConfig;
+use basalt_grpc::FileStamp;
 use basalt_pki::{CertificateAuthority, Identity};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -77,7 +77,7 @@ impl TrustReloads {
 pub(crate) struct TrustReloader {
     config: TrustdConfig,
     config_path: Option<PathBuf>,
-    stamps: Vec<Option<Stamp>>,
+    stamps: Vec<Option<FileStamp>>,
     tokens: watch::Sender<Arc<TokenSet>>,
     signing: watch::Sender<Arc<SigningCa>>,
     requests: mpsc::Receiver<oneshot::Sender<Result<(), Error>>>,
@@ -171,8 +171,8 @@ impl TrustReloader {
         paths
     }
 
-    fn current_stamps(&self) -> Vec<Option<Stamp>> {
-        self.watched().into_iter().map(stamp).collect()
+    fn current_stamps(&self) -> Vec<Option<FileStamp>> {
+        self.watched().into_iter().map(FileStamp::of).collect()
     }
 
     fn reload(&mut self, why: &'static str) -> Result<(), Error> {
@@ -304,24 +304,5 @@ fn read_text(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
         path: path.to_path_buf(),
         source,
-    })
-}
-
-/// What identifies one version of a file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-    dev: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode: meta.ino(),
-        dev: meta.dev(),
     })
 }

@@ -33,7 +33,7 @@ pub use crate::frame::{
     FrameScanner, FrameTooLarge, LimitedBody, LimitedBodyError, MAX_MESSAGE_SIZE,
 };
 pub use crate::reload::{
-    CredentialFiles, CredentialPem, ReloadError, ReloadHandle, ServerConfigReloader,
+    CredentialFiles, CredentialPem, FileStamp, ReloadError, ReloadHandle, ServerConfigReloader,
 };
 pub use crate::tls::{
     Admission, Admitted, HandshakeFailure, HandshakeStats, HandshakeStatsHandle, TlsAcceptLoop,

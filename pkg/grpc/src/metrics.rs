@@ -15,12 +15,13 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -69,6 +70,18 @@ impl MetricsListener {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
         tokio::spawn(self.serve(render, shutdown))
+    }
+
+    /// Serves scrapes until the returned guard is dropped.
+    pub fn serve_until_dropped(self, render: Render) -> ServingGuard {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = self.spawn(render, async {
+            let _ = stopped.await;
+        });
+        ServingGuard {
+            _stop: stop,
+            _task: task,
+        }
     }
 
     async fn serve(self, render: Render, shutdown: impl Future<Output = ()> + Send) {
@@ -259,6 +272,27 @@ fn escape_label_value(out: &mut String, value: &str) {
             c => out.push(c),
         }
     }
+}
+
+/// Stops a metrics endpoint when dropped (the closed channel ends its accept loop).
+#[derive(Debug)]
+pub struct ServingGuard {
+    _stop: oneshot::Sender<()>,
+    _task: JoinHandle<()>,
+}
+
+/// The earliest NotAfter (Unix seconds) among the certificates in a PEM file, for the
+/// `basalt_cert_not_after_seconds` gauges. For a chain that is the leaf or an intermediate that
+/// runs out first; for a CA bundle, the first CA to expire. `None` when the file cannot be read
+/// or holds no certificate (mid-rotation: the sample is left out).
+pub fn earliest_not_after(path: &Path) -> Option<i64> {
+    let bytes = std::fs::read(path).ok()?;
+    basalt_pki::certificates_from_pem(&bytes)
+        .ok()?
+        .iter()
+        .filter_map(|der| basalt_pki::Identity::from_der(der).ok())
+        .map(|identity| identity.not_after.unix_timestamp())
+        .min()
 }
 
 #[cfg(test)]

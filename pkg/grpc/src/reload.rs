@@ -119,7 +119,7 @@ pub struct ServerConfigReloader {
     files: CredentialFiles,
     build: Arc<BuildConfig>,
     config: watch::Sender<Arc<ServerConfig>>,
-    stamps: [Option<Stamp>; 3],
+    stamps: [Option<FileStamp>; 3],
     requests: mpsc::Receiver<oneshot::Sender<Result<(), ReloadError>>>,
 }
 
@@ -215,27 +215,37 @@ impl ServerConfigReloader {
     }
 }
 
-/// What identifies one version of a file without reading it.
+/// What identifies one version of a file without reading it: length, mtime, inode and device.
+/// Any change (an in-place write, or a new file renamed over it) means "read it again". Used by
+/// every poller of files in the daemons (TLS credentials here; apid's forwarding credentials and
+/// revocation list; trustd's tokens and CAs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
+pub struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
     dev: u64,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode: meta.ino(),
-        dev: meta.dev(),
-    })
+impl FileStamp {
+    /// The file's stamp now; `None` when it cannot be stat'ed (missing, no permission).
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+            dev: meta.dev(),
+        })
+    }
 }
 
-fn stamps(files: &CredentialFiles) -> [Option<Stamp>; 3] {
-    [stamp(&files.cert), stamp(&files.key), stamp(&files.ca)]
+fn stamps(files: &CredentialFiles) -> [Option<FileStamp>; 3] {
+    [
+        FileStamp::of(&files.cert),
+        FileStamp::of(&files.key),
+        FileStamp::of(&files.ca),
+    ]
 }
 
 fn read_all(files: &CredentialFiles) -> Result<CredentialPem, ReloadError> {
