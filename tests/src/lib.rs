@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod cli;
 pub mod net;
 pub mod node;
 pub mod pki;

@@ -7,17 +7,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
 
 use basalt_api::basalt::v1::certificate_service_client::CertificateServiceClient;
 use basalt_api::basalt::v1::{CertificateInfo, CertificateStatusRequest};
-use basalt_e2e::{Binary, Cert, Node, within_test_deadline};
+use basalt_e2e::cli::text;
+use basalt_e2e::{Cert, Node, within_test_deadline};
 use basalt_pki::Identity;
 use tonic::Code;
-
-/// The longest one basaltctl run may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `openssl x509 -noout <options>` prints for `path`, after the `=`; `None` when openssl
 /// is not installed.
@@ -141,7 +137,7 @@ async fn certs_cli_prints_json_and_flags_a_short_lived_client_certificate() {
         let node = Node::start().await;
         // A year: nothing to say about the client certificate.
         let long = client_config(&node, "long.config", "8760h").await;
-        let out = basaltctl(&node, &long, &["certs", "-o", "json"]).await;
+        let out = node.basaltctl(&long, &["certs", "-o", "json"]).await;
         assert!(out.status.success(), "certs: {}", text(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["client"]["role"], "client");
@@ -165,7 +161,7 @@ async fn certs_cli_prints_json_and_flags_a_short_lived_client_certificate() {
 
         // A day: expires within 30 days, so it is flagged in the output and on stderr.
         let short = client_config(&node, "short.config", "24h").await;
-        let out = basaltctl(&node, &short, &["certs", "-o", "json"]).await;
+        let out = node.basaltctl(&short, &["certs", "-o", "json"]).await;
         assert!(out.status.success(), "certs: {}", text(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let warning = report["client"]["warning"].as_str().unwrap_or_else(|| {
@@ -179,7 +175,7 @@ async fn certs_cli_prints_json_and_flags_a_short_lived_client_certificate() {
         );
 
         // The table names the same thing in its WARN column.
-        let out = basaltctl(&node, &short, &["certs"]).await;
+        let out = node.basaltctl(&short, &["certs"]).await;
         assert!(out.status.success(), "certs: {}", text(&out));
         let table = String::from_utf8_lossy(&out.stdout);
         let client_row = table
@@ -226,12 +222,9 @@ async fn a_worker_reports_its_trustd_issued_certificate_and_no_control_plane_fil
         let config = client_config(&control_plane, "admin.config", "8760h").await;
         for addr in [control_plane.apid_addr(), worker.apid_addr()] {
             let endpoint = addr.to_string();
-            let out = basaltctl(
-                &control_plane,
-                &config,
-                &["certs", "-o", "json", "-e", &endpoint],
-            )
-            .await;
+            let out = control_plane
+                .basaltctl(&config, &["certs", "-o", "json", "-e", &endpoint])
+                .await;
             assert!(out.status.success(), "certs -e {endpoint}: {}", text(&out));
             let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(report["nodes"][0]["node"], endpoint.as_str(), "{report:#}");
@@ -242,45 +235,8 @@ async fn a_worker_reports_its_trustd_issued_certificate_and_no_control_plane_fil
     .await;
 }
 
-/// A client config for the node made by the real CLI, admin, with `ttl`.
+/// An admin client config for the node with `ttl`.
 async fn client_config(node: &Node, name: &str, ttl: &str) -> PathBuf {
-    let path = node.dir().join(name);
-    let secrets = node.pki().secrets_path().display().to_string();
-    let mut command = tokio::process::Command::new(Binary::Basaltctl.path());
-    command
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .args(["gen", "client-config", "--with-secrets", &secrets])
-        .args(["--roles", "os:admin", "--cert-ttl", ttl])
-        .args(["--endpoints", &node.apid_addr().to_string()])
-        .arg("-o")
-        .arg(&path);
-    let out = command.output().await.unwrap();
-    assert!(out.status.success(), "gen client-config: {}", text(&out));
-    path
-}
-
-async fn basaltctl(node: &Node, config: &Path, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(Binary::Basaltctl.path());
-    command
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .env("HOME", node.dir())
-        .kill_on_drop(true)
-        .arg("--config")
-        .arg(config)
-        .args(args);
-    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+    node.gen_client_config(name, "os:admin", ttl, &[node.apid_addr()])
         .await
-        .unwrap_or_else(|_| panic!("basaltctl {args:?} took longer than {COMMAND_TIMEOUT:?}"))
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

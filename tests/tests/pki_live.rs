@@ -14,8 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,9 @@ use basalt_api::securityapi::security_service_client::SecurityServiceClient;
 use basalt_authz::{Role, RoleSet};
 use basalt_config::machine::{RawCa, RawCertificate};
 use basalt_config::{Base64Pem, MachineConfig};
+use basalt_e2e::cli::text;
 use basalt_e2e::net::{self, probe_tls};
-use basalt_e2e::{Binary, Cert, Node, Outcome, within_test_deadline};
+use basalt_e2e::{Cert, Node, Outcome, within_test_deadline};
 use basalt_pki::{
     CaOptions, CertificateAuthority, ClientCertRequest, Identity, KeyAlgorithm, SubjectAltName,
 };
@@ -37,9 +37,6 @@ use basalt_pki::{
 const PATIENCE: Duration = Duration::from_secs(15);
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The longest one basaltctl run may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Polls `check` until it returns `Some`, or fails naming `what` after [`PATIENCE`].
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
@@ -317,17 +314,16 @@ async fn rotated_token_lets_new_workers_join_and_the_old_one_expires() {
         // A dry run changes nothing and prints no token.
         let trustd_yaml = control_plane.state_dir().join("trustd/trustd.yaml");
         let before = std::fs::read(&trustd_yaml).unwrap();
-        let out = basaltctl(&control_plane, &config, &["rotate-token", "--dry-run"]).await;
+        let out = control_plane
+            .basaltctl(&config, &["rotate-token", "--dry-run"])
+            .await;
         assert!(out.status.success(), "{}", text(&out));
         assert!(out.stdout.is_empty(), "{}", text(&out));
         assert_eq!(std::fs::read(&trustd_yaml).unwrap(), before);
 
-        let out = basaltctl(
-            &control_plane,
-            &config,
-            &["rotate-token", "--keep-old-for", "1h"],
-        )
-        .await;
+        let out = control_plane
+            .basaltctl(&config, &["rotate-token", "--keep-old-for", "1h"])
+            .await;
         assert!(out.status.success(), "{}", text(&out));
         let new_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         assert!(basalt_config::is_token(&new_token), "{new_token:?}");
@@ -355,12 +351,9 @@ async fn rotated_token_lets_new_workers_join_and_the_old_one_expires() {
             .expect("worker joined with the old token");
 
         // Rotate again, keeping the second token only briefly: refused once that passed.
-        let out = basaltctl(
-            &control_plane,
-            &config,
-            &["rotate-token", "--keep-old-for", "2s"],
-        )
-        .await;
+        let out = control_plane
+            .basaltctl(&config, &["rotate-token", "--keep-old-for", "2s"])
+            .await;
         assert!(out.status.success(), "{}", text(&out));
         let third = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         accepted_soon(trustd, &ca, &third).await;
@@ -418,14 +411,16 @@ async fn rotate_token_refusals_change_nothing() {
 
         // Reading the config (it holds the token) is admin-only.
         let reader = client_config_with_roles(&node, "reader.yaml", "os:reader").await;
-        let out = basaltctl(&node, &reader, &["rotate-token"]).await;
+        let out = node.basaltctl(&reader, &["rotate-token"]).await;
         assert!(!out.status.success(), "{}", text(&out));
         assert!(out.stdout.is_empty(), "{}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("ConfigService/Get"), "{}", text(&out));
 
         let admin = client_config(&node, "admin.yaml").await;
-        let out = basaltctl(&node, &admin, &["rotate-token", "--keep-old-for", "soon"]).await;
+        let out = node
+            .basaltctl(&admin, &["rotate-token", "--keep-old-for", "soon"])
+            .await;
         assert!(!out.status.success(), "{}", text(&out));
         assert!(out.stdout.is_empty(), "{}", text(&out));
 
@@ -496,51 +491,13 @@ async fn accepted_soon(trustd: SocketAddr, ca: &str, token: &str) {
     panic!("trustd never accepted the rotated token");
 }
 
-/// An `os:admin` client config made by the real CLI from the node's secrets bundle.
+/// A client config with `roles` for the node, 24 h.
+async fn client_config_with_roles(node: &Node, name: &str, roles: &str) -> PathBuf {
+    node.gen_client_config(name, roles, "24h", &[node.apid_addr()])
+        .await
+}
+
+/// An `os:admin` client config for the node, 24 h.
 async fn client_config(node: &Node, name: &str) -> PathBuf {
     client_config_with_roles(node, name, "os:admin").await
-}
-
-/// A client config with `roles`, made by the real CLI from the node's secrets bundle.
-async fn client_config_with_roles(node: &Node, name: &str, roles: &str) -> PathBuf {
-    let path = node.dir().join(name);
-    let secrets = node.pki().secrets_path().display().to_string();
-    let out = tokio::process::Command::new(Binary::Basaltctl.path())
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .args(["gen", "client-config", "--with-secrets", &secrets])
-        .args(["--roles", roles, "--cert-ttl", "24h"])
-        .args(["--endpoints", &node.apid_addr().to_string()])
-        .arg("-o")
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "gen client-config: {}", text(&out));
-    path
-}
-
-async fn basaltctl(node: &Node, config: &Path, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(Binary::Basaltctl.path());
-    command
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .env("HOME", node.dir())
-        .kill_on_drop(true)
-        .arg("--config")
-        .arg(config)
-        .args(args);
-    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("basaltctl {args:?} took longer than {COMMAND_TIMEOUT:?}"))
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 use basalt_api::basalt::v1::HistoryRequest;
 use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
 use basalt_config::ClientConfig;
+use basalt_e2e::cli::{COMMAND_TIMEOUT, text};
 use basalt_e2e::net::{self, probe_tls};
 use basalt_e2e::{Binary, Cert, Node, Outcome, within_test_deadline};
 use basalt_pki::{Identity, KeyAlgorithm};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-
-/// The longest one basaltctl run may take (a rotation waits for the nodes twice).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// How long the old-CA client may still be let in after rotate-ca returned (apid picks up
 /// the last config change asynchronously).
@@ -39,7 +37,7 @@ async fn dry_run_and_refusals_change_nothing() {
         let versions = history_len(&node).await;
 
         // The dry run prints the plan with both fingerprints and changes nothing.
-        let out = basaltctl(&node, &admin, &["rotate-ca", "--dry-run"]).await;
+        let out = node.basaltctl(&admin, &["rotate-ca", "--dry-run"]).await;
         assert!(out.status.success(), "rotate-ca --dry-run: {}", text(&out));
         let plan = String::from_utf8_lossy(&out.stdout);
         let old = Identity::from_pem(node.pki().ca_pem()).unwrap();
@@ -62,7 +60,7 @@ async fn dry_run_and_refusals_change_nothing() {
 
         // A reader is refused before anything is sent.
         let reader = client_config(&node, "reader.config", "os:reader", &[node.apid_addr()]).await;
-        let out = basaltctl(&node, &reader, &["rotate-ca"]).await;
+        let out = node.basaltctl(&reader, &["rotate-ca"]).await;
         assert!(
             !out.status.success(),
             "a reader rotated the CA: {}",
@@ -75,7 +73,7 @@ async fn dry_run_and_refusals_change_nothing() {
         // One unreachable node: refused before the reachable one is touched.
         let closed = closed_port();
         let both = format!("{},{closed}", node.apid_addr());
-        let out = basaltctl(&node, &admin, &["rotate-ca", "-e", &both]).await;
+        let out = node.basaltctl(&admin, &["rotate-ca", "-e", &both]).await;
         assert!(
             !out.status.success(),
             "rotated with a node down: {}",
@@ -281,7 +279,9 @@ async fn rotate_a_control_plane_and_a_worker(extra_args: &[&str]) -> String {
     }
 
     // And the CLI works with the rewritten config: a real call on every node.
-    let out = basaltctl(&control_plane, &config, &["certs", "-o", "json"]).await;
+    let out = control_plane
+        .basaltctl(&config, &["certs", "-o", "json"])
+        .await;
     assert!(
         out.status.success(),
         "certs after the rotation: {}",
@@ -346,47 +346,8 @@ fn closed_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// A client config made by the real CLI from the node's secrets bundle.
+/// A client config with `roles` and `endpoints`, valid for a year.
 async fn client_config(node: &Node, name: &str, roles: &str, endpoints: &[SocketAddr]) -> PathBuf {
-    let path = node.dir().join(name);
-    let secrets = node.pki().secrets_path().display().to_string();
-    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-    let out = tokio::process::Command::new(Binary::Basaltctl.path())
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .args(["gen", "client-config", "--with-secrets", &secrets])
-        .args(["--roles", roles, "--cert-ttl", "8760h"])
-        .args(["--endpoints", &endpoints.join(",")])
-        .arg("-o")
-        .arg(&path)
-        .output()
+    node.gen_client_config(name, roles, "8760h", endpoints)
         .await
-        .unwrap();
-    assert!(out.status.success(), "gen client-config: {}", text(&out));
-    path
-}
-
-async fn basaltctl(node: &Node, config: &Path, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(Binary::Basaltctl.path());
-    command
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .env("HOME", node.dir())
-        .kill_on_drop(true)
-        .arg("--config")
-        .arg(config)
-        .args(args);
-    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("basaltctl {args:?} took longer than {COMMAND_TIMEOUT:?}"))
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
