@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::{Binary, Node};
 
 /// The most one command may take; rotations and rollouts wait for nodes to come back.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(45);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(50);
 
 impl Node {
     /// A client config at `<node dir>/<name>` with `roles` (comma-separated), `ttl` (Go

@@ -34,39 +34,6 @@ fn client_config(node: &Node, cert: Cert, path: &Path) {
         .unwrap();
 }
 
-/// Runs basaltctl off the async workers, bounded by [`COMMAND_TIMEOUT`].
-async fn basaltctl(dir: &Path, config: &Path, args: &[&str]) -> Output {
-    let bin = Binary::Basaltctl.path();
-    let dir = dir.to_owned();
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(bin)
-            .current_dir(&dir)
-            .env_remove("BASALTCONFIG")
-            .env("HOME", &dir)
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("basaltctl {args:?} did not finish within {COMMAND_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -107,7 +74,9 @@ async fn basaltctl_reboot_follows_the_node_through_an_apid_restart() {
         let before = boot_id(&node).await;
         let apid_before = node.apid_pid().expect("apid runs");
 
-        let out = basaltctl(node.dir(), &config, &["reboot", "--timeout", "40s"]).await;
+        let out = node
+            .basaltctl(&config, &["reboot", "--timeout", "40s"])
+            .await;
         assert_success(&out, "basaltctl reboot", &node);
         let stderr = text(&out.stderr);
         for line in [
@@ -135,7 +104,7 @@ async fn an_operator_reboot_without_wait_returns_the_actor_id_and_events_show_it
         let config = node.dir().join("operator.yaml");
         client_config(&node, Cert::Operator, &config);
 
-        let out = basaltctl(node.dir(), &config, &["reboot", "--wait=false"]).await;
+        let out = node.basaltctl(&config, &["reboot", "--wait=false"]).await;
         assert_success(&out, "basaltctl reboot --wait=false", &node);
         let stdout = text(&out.stdout);
         let actor = stdout
@@ -217,7 +186,9 @@ async fn basaltctl_shutdown_stops_machined_and_apid() {
         let node = Node::start().await;
         let config = node.dir().join("admin.yaml");
         client_config(&node, Cert::Admin, &config);
-        let out = basaltctl(node.dir(), &config, &["shutdown", "--timeout", "30s"]).await;
+        let out = node
+            .basaltctl(&config, &["shutdown", "--timeout", "30s"])
+            .await;
         assert_success(&out, "basaltctl shutdown", &node);
         let stderr = text(&out.stderr);
         assert!(stderr.contains("stopping services…"), "{stderr}");
@@ -243,12 +214,9 @@ async fn basaltctl_reset_with_reboot_wipes_the_state_and_the_node_comes_back() {
         std::fs::write(&junk, "data").unwrap();
         let before = boot_id(&node).await;
 
-        let out = basaltctl(
-            node.dir(),
-            &config,
-            &["reset", "--reboot", "--timeout", "40s"],
-        )
-        .await;
+        let out = node
+            .basaltctl(&config, &["reset", "--reboot", "--timeout", "40s"])
+            .await;
         assert_success(&out, "basaltctl reset --reboot", &node);
         let stderr = text(&out.stderr);
         for line in ["wiping the state directory…", "boot id changed", "running"] {
@@ -260,7 +228,7 @@ async fn basaltctl_reset_with_reboot_wipes_the_state_and_the_node_comes_back() {
             "apid's files are kept"
         );
         assert_ne!(boot_id(&node).await, before);
-        let out = basaltctl(node.dir(), &config, &["hostname"]).await;
+        let out = node.basaltctl(&config, &["hostname"]).await;
         assert_success(&out, "hostname after the reset", &node);
         node.shutdown().await;
     })
@@ -280,20 +248,20 @@ async fn basaltctl_config_new_mints_a_working_reader_config() {
         let reader: PathBuf = node.dir().join("out/reader.yaml");
         let reader_arg = reader.to_str().unwrap();
 
-        let out = basaltctl(
-            node.dir(),
-            &admin,
-            &[
-                "config",
-                "new",
-                reader_arg,
-                "--roles",
-                "os:reader",
-                "--cert-ttl",
-                "1h",
-            ],
-        )
-        .await;
+        let out = node
+            .basaltctl(
+                &admin,
+                &[
+                    "config",
+                    "new",
+                    reader_arg,
+                    "--roles",
+                    "os:reader",
+                    "--cert-ttl",
+                    "1h",
+                ],
+            )
+            .await;
         assert_success(&out, "basaltctl config new", &node);
         assert_eq!(mode(&reader), 0o600);
         let config = ClientConfig::load(&reader).unwrap();
@@ -302,9 +270,9 @@ async fn basaltctl_config_new_mints_a_working_reader_config() {
         assert_eq!(context.endpoints, [node.apid_addr().to_string()]);
 
         // It works, with exactly the reader's rights.
-        let out = basaltctl(node.dir(), &reader, &["hostname"]).await;
+        let out = node.basaltctl(&reader, &["hostname"]).await;
         assert_success(&out, "hostname as the new reader", &node);
-        let out = basaltctl(node.dir(), &reader, &["reboot", "--wait=false"]).await;
+        let out = node.basaltctl(&reader, &["reboot", "--wait=false"]).await;
         assert!(!out.status.success());
         assert!(
             text(&out.stderr).contains("PermissionDenied"),
@@ -313,27 +281,21 @@ async fn basaltctl_config_new_mints_a_working_reader_config() {
         );
 
         // No silent overwrite; unknown roles are refused before anything is sent.
-        let out = basaltctl(node.dir(), &admin, &["config", "new", reader_arg]).await;
+        let out = node.basaltctl(&admin, &["config", "new", reader_arg]).await;
         assert!(!out.status.success());
         assert!(
             text(&out.stderr).contains("--force"),
             "{}",
             text(&out.stderr)
         );
-        let out = basaltctl(
-            node.dir(),
-            &admin,
-            &["config", "new", reader_arg, "--force"],
-        )
-        .await;
+        let out = node
+            .basaltctl(&admin, &["config", "new", reader_arg, "--force"])
+            .await;
         assert_success(&out, "config new --force", &node);
         assert_eq!(ClientConfig::load(&reader).unwrap().context, "admin@e2e");
-        let out = basaltctl(
-            node.dir(),
-            &admin,
-            &["config", "new", "x.yaml", "--roles", "os:root"],
-        )
-        .await;
+        let out = node
+            .basaltctl(&admin, &["config", "new", "x.yaml", "--roles", "os:root"])
+            .await;
         assert!(
             text(&out.stderr).contains("unknown roles: os:root"),
             "{}",

@@ -9,16 +9,13 @@
 // Tests state their expectations with unwrap/expect: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use basalt_api::machine::ReadRequest;
 use basalt_config::{Base64Pem, ClientConfig, Context};
-use basalt_e2e::{Binary, Cert, Node, Outcome, net, within_test_deadline};
-
-/// Upper bound for one basaltctl invocation.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(50);
+use basalt_e2e::{Cert, Node, Outcome, net, within_test_deadline};
 
 /// Not this node's name: `.invalid` never resolves (RFC 2606).
 const OTHER_NODE: &str = "other-node.invalid";
@@ -41,40 +38,6 @@ fn admin_config(node: &Node) -> PathBuf {
         .save(&path)
         .unwrap();
     path
-}
-
-/// Runs basaltctl with stdin not a terminal, off the async workers, bounded by
-/// [`COMMAND_TIMEOUT`].
-async fn basaltctl(dir: &Path, config: &Path, args: &[&str]) -> Output {
-    let bin = Binary::Basaltctl.path();
-    let dir = dir.to_owned();
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(bin)
-            .current_dir(&dir)
-            .env_remove("BASALTCONFIG")
-            .env("HOME", &dir)
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("basaltctl {args:?} did not finish within {COMMAND_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -115,7 +78,7 @@ async fn one_failing_node_is_listed_and_the_others_results_are_still_printed() {
         let targets = format!("127.0.0.1,{OTHER_NODE}");
 
         // Table: the good node's row, the failure on stderr as `NODE: error`, exit 1.
-        let out = basaltctl(node.dir(), &config, &["hostname", "-n", &targets]).await;
+        let out = node.basaltctl(&config, &["hostname", "-n", &targets]).await;
         assert_eq!(out.status.code(), Some(1), "{}", explain(&out, &node));
         let stdout = text(&out.stdout);
         assert!(stdout.starts_with("NODE"), "{stdout}");
@@ -136,20 +99,20 @@ async fn one_failing_node_is_listed_and_the_others_results_are_still_printed() {
         // JSON: one object per node, the result or `error: {code, message}`; --parallel 1
         // gives the same answer one node at a time.
         for parallel in ["10", "1"] {
-            let out = basaltctl(
-                node.dir(),
-                &config,
-                &[
-                    "hostname",
-                    "-n",
-                    &targets,
-                    "-o",
-                    "json",
-                    "--parallel",
-                    parallel,
-                ],
-            )
-            .await;
+            let out = node
+                .basaltctl(
+                    &config,
+                    &[
+                        "hostname",
+                        "-n",
+                        &targets,
+                        "-o",
+                        "json",
+                        "--parallel",
+                        parallel,
+                    ],
+                )
+                .await;
             assert_eq!(out.status.code(), Some(1), "{}", explain(&out, &node));
             let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let replies = json.as_array().unwrap();
@@ -163,17 +126,17 @@ async fn one_failing_node_is_listed_and_the_others_results_are_still_printed() {
         }
 
         // read on several nodes: each node's file, every line prefixed by its node.
-        let out = basaltctl(
-            node.dir(),
-            &config,
-            &[
-                "read",
-                "/proc/sys/kernel/random/boot_id",
-                "-n",
-                "127.0.0.1,localhost",
-            ],
-        )
-        .await;
+        let out = node
+            .basaltctl(
+                &config,
+                &[
+                    "read",
+                    "/proc/sys/kernel/random/boot_id",
+                    "-n",
+                    "127.0.0.1,localhost",
+                ],
+            )
+            .await;
         assert!(out.status.success(), "{}", explain(&out, &node));
         let id = boot_id(&node).await;
         assert_eq!(
@@ -200,7 +163,7 @@ async fn destructive_verbs_on_several_nodes_without_yes_and_without_a_terminal_a
             &["service", "apid", "restart", "-n", "127.0.0.1,localhost"],
             &["config-rollback", "1", "-n", "127.0.0.1,localhost"],
         ] {
-            let out = basaltctl(node.dir(), &config, args).await;
+            let out = node.basaltctl(&config, args).await;
             assert_eq!(
                 out.status.code(),
                 Some(EXIT_USAGE),
@@ -228,21 +191,21 @@ async fn a_batched_reboot_reboots_one_batch_after_the_other() {
         let before = boot_id(&node).await;
 
         // The same node under two names: two batches, two reboots one after the other.
-        let out = basaltctl(
-            node.dir(),
-            &config,
-            &[
-                "reboot",
-                "-n",
-                "127.0.0.1,localhost",
-                "--batch",
-                "1",
-                "--yes",
-                "--timeout",
-                "20s",
-            ],
-        )
-        .await;
+        let out = node
+            .basaltctl(
+                &config,
+                &[
+                    "reboot",
+                    "-n",
+                    "127.0.0.1,localhost",
+                    "--batch",
+                    "1",
+                    "--yes",
+                    "--timeout",
+                    "20s",
+                ],
+            )
+            .await;
         assert!(out.status.success(), "{}", explain(&out, &node));
         let stderr = text(&out.stderr);
         let first = stderr.find("batch 1/2: 127.0.0.1").expect(&stderr);
@@ -267,8 +230,7 @@ async fn a_failing_batch_stops_the_rollout_and_reports_what_was_not_touched() {
         let config = admin_config(&node);
 
         // The first batch fails (no such service): the second is never acted on.
-        let out = basaltctl(
-            node.dir(),
+        let out = node.basaltctl(
             &config,
             &[
                 "service",
@@ -302,8 +264,7 @@ async fn a_failing_batch_stops_the_rollout_and_reports_what_was_not_touched() {
         assert_eq!(replies[2]["error"]["code"], "Aborted", "{json}");
 
         // A batch that succeeds goes on to the next one: a start of a running service.
-        let out = basaltctl(
-            node.dir(),
+        let out = node.basaltctl(
             &config,
             &[
                 "service",
@@ -340,7 +301,9 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
 
         // One object per node, each answered by that node (routed by the control plane).
         let all = format!("{cp_name},{w1_name},{w2_name}");
-        let out = basaltctl(cp.dir(), &config, &["version", "-n", &all, "-o", "json"]).await;
+        let out = cp
+            .basaltctl(&config, &["version", "-n", &all, "-o", "json"])
+            .await;
         assert!(out.status.success(), "{}", explain(&out, &cp));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let nodes: Vec<&str> = json["nodes"]
@@ -357,21 +320,21 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
         // The workers, one batch each; the control plane is left alone.
         let before = (boot_id(&cp).await, boot_id(&w1).await, boot_id(&w2).await);
         let workers = format!("{w1_name},{w2_name}");
-        let out = basaltctl(
-            cp.dir(),
-            &config,
-            &[
-                "reboot",
-                "-n",
-                &workers,
-                "--batch",
-                "1",
-                "--yes",
-                "--timeout",
-                "20s",
-            ],
-        )
-        .await;
+        let out = cp
+            .basaltctl(
+                &config,
+                &[
+                    "reboot",
+                    "-n",
+                    &workers,
+                    "--batch",
+                    "1",
+                    "--yes",
+                    "--timeout",
+                    "20s",
+                ],
+            )
+            .await;
         assert!(out.status.success(), "{}", explain(&out, &cp));
         let stderr = text(&out.stderr);
         let first_done = stderr
@@ -405,14 +368,11 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
             "-n",
             &all,
         ];
-        let out = basaltctl(cp.dir(), &config, &revoke).await;
+        let out = cp.basaltctl(&config, &revoke).await;
         assert!(out.status.success(), "{}", explain(&out, &cp));
-        let out = basaltctl(
-            cp.dir(),
-            &config,
-            &["cert", "revoked", "-n", &all, "-o", "json"],
-        )
-        .await;
+        let out = cp
+            .basaltctl(&config, &["cert", "revoked", "-n", &all, "-o", "json"])
+            .await;
         assert!(out.status.success(), "{}", explain(&out, &cp));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let listed: Vec<&str> = json
@@ -446,7 +406,7 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
 
         // A stopped worker: the other's result is printed, the stopped one listed, exit 1.
         w2.shutdown().await;
-        let out = basaltctl(cp.dir(), &config, &["hostname", "-n", &workers]).await;
+        let out = cp.basaltctl(&config, &["hostname", "-n", &workers]).await;
         assert_eq!(out.status.code(), Some(1), "{}", explain(&out, &cp));
         let stdout = text(&out.stdout);
         assert!(stdout.contains(&w1_name), "{stdout}");
@@ -487,23 +447,23 @@ async fn a_batched_apply_config_applies_batch_after_batch_and_prints_one_object_
         let file = node.dir().join("changed.yaml");
         std::fs::write(&file, raw.to_yaml().unwrap()).unwrap();
 
-        let out = basaltctl(
-            node.dir(),
-            &config,
-            &[
-                "apply-config",
-                "-f",
-                file.to_str().unwrap(),
-                "-n",
-                "127.0.0.1,localhost",
-                "--batch",
-                "1",
-                "--yes",
-                "-o",
-                "json",
-            ],
-        )
-        .await;
+        let out = node
+            .basaltctl(
+                &config,
+                &[
+                    "apply-config",
+                    "-f",
+                    file.to_str().unwrap(),
+                    "-n",
+                    "127.0.0.1,localhost",
+                    "--batch",
+                    "1",
+                    "--yes",
+                    "-o",
+                    "json",
+                ],
+            )
+            .await;
         assert!(out.status.success(), "{}", explain(&out, &node));
         let stderr = text(&out.stderr);
         assert!(

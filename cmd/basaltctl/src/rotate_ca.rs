@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use basalt_api::basalt::v1::certificate_service_client::CertificateServiceClient;
 use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
-use basalt_api::basalt::v1::{CertificateStatus, CertificateStatusRequest, GetRequest};
+use basalt_api::basalt::v1::{
+    CertificateStatus, CertificateStatusRequest, GetRequest, GetResponse,
+};
 use basalt_api::machine::ApplyConfigurationRequest;
 use basalt_api::machine::apply_configuration_request::Mode;
 use basalt_authz::Role;
@@ -743,6 +745,12 @@ async fn read_config(node: &NodeConn) -> anyhow::Result<MachineConfig> {
     .await
     .map_err(status_error)
     .context("ConfigService/Get")?;
+    active_config(reply)
+}
+
+/// The machine config in a `ConfigService/Get` reply: its one document, which must carry no
+/// per-node error, be UTF-8 and validate. Shared with `rotate-token`.
+pub(crate) fn active_config(reply: GetResponse) -> anyhow::Result<MachineConfig> {
     let document = reply
         .messages
         .into_iter()

@@ -162,16 +162,7 @@ async fn read_config(client: &Client, node: Option<&str>) -> anyhow::Result<Mach
         .map_err(|status| anyhow::anyhow!("{}: {}", status.code().description(), status.message()))
         .context("ConfigService/Get")?
         .into_inner();
-    let document = reply
-        .messages
-        .into_iter()
-        .next()
-        .context("ConfigService/Get: empty reply")?;
-    if let Some(error) = document.metadata.as_ref().filter(|m| !m.error.is_empty()) {
-        bail!("ConfigService/Get: {}", error.error);
-    }
-    let yaml = String::from_utf8(document.data).context("the machine config is not UTF-8")?;
-    MachineConfig::from_yaml(&yaml).context("the node's machine config does not validate")
+    crate::rotate_ca::active_config(reply)
 }
 
 #[cfg(test)]
