@@ -38,17 +38,23 @@ impl Signer {
         admitted: &Admitted,
         csr_pem: &[u8],
     ) -> Result<CertificateResponse, Error> {
+        // Announced first: while this call signs, the journal holds its current batch open for
+        // this line (group commit, crate::journal).
+        let expected = self.journal.expect();
         let csr = self.policy.parse_csr(csr_pem).map_err(Error::from_parse)?;
         // One snapshot for the whole call: the certificate and the bundle returned with it
         // always come from the same CA generation.
         let signing = Arc::clone(&self.signing.borrow());
-        let cert_pem = signing
+        let cert_der = signing
             .ca
-            .sign_csr(&csr, &self.policy)
+            .sign_csr_der(&csr, &self.policy)
             .map_err(Error::from_sign)?;
-        let leaf = Identity::from_pem(&cert_pem).map_err(Error::ReadIssued)?;
+        let leaf = Identity::from_der(&cert_der).map_err(Error::ReadIssued)?;
         let record = JournalRecord::new(&leaf, admitted.peer, &admitted.token);
-        self.journal.append(&record).await.map_err(Error::Journal)?;
+        self.journal
+            .append(expected, &record)
+            .await
+            .map_err(Error::Journal)?;
         self.metrics.issued();
 
         info!(
@@ -80,7 +86,7 @@ impl Signer {
         }
         Ok(CertificateResponse {
             ca: signing.bundle.clone(),
-            crt: cert_pem.into_bytes(),
+            crt: basalt_pki::certificates_to_pem(&[cert_der]).into_bytes(),
         })
     }
 }

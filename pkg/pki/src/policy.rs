@@ -109,17 +109,25 @@ struct Admitted {
 }
 
 impl CertificateAuthority {
-    /// Signs a verified CSR under `policy` and returns the leaf as PEM.
+    /// Signs a verified CSR under `policy` and returns the leaf as PEM; see
+    /// [`sign_csr_der`](Self::sign_csr_der).
+    pub fn sign_csr(&self, csr: &Csr, policy: &SigningPolicy) -> Result<String, Error> {
+        let der = self.sign_csr_der(csr, policy)?;
+        Ok(pem_util::encode(CERTIFICATE_LABEL, &der))
+    }
+
+    /// Signs a verified CSR under `policy` and returns the leaf as DER (trustd reads the issued
+    /// certificate back for its journal, and DER spares it a PEM round trip).
     ///
     /// The result is a server certificate: CA:FALSE, digitalSignature, EKU serverAuth only, no
     /// Organization whatever the CSR asked, the CSR's CN and DNS/IP SANs (URIs and e-mail
     /// addresses dropped, as Talos does), NotBefore = now, NotAfter = now + `policy.ttl`.
-    pub fn sign_csr(&self, csr: &Csr, policy: &SigningPolicy) -> Result<String, Error> {
+    pub fn sign_csr_der(&self, csr: &Csr, policy: &SigningPolicy) -> Result<Vec<u8>, Error> {
         let admitted = policy.admit(csr, self)?;
         let public_key =
             SubjectPublicKeyInfo::from_der(csr.public_key_der()).map_err(Error::Generate)?;
         let (not_before, not_after) = validity(Duration::ZERO, policy.ttl)?;
-        let der = self.sign_leaf(
+        self.sign_leaf(
             &Leaf {
                 common_name: admitted.common_name.as_deref(),
                 organizations: &[],
@@ -129,8 +137,7 @@ impl CertificateAuthority {
                 not_after,
             },
             &public_key,
-        )?;
-        Ok(pem_util::encode(CERTIFICATE_LABEL, &der))
+        )
     }
 }
 
