@@ -314,9 +314,9 @@ impl Entry {
             cn: peer.common_name.as_deref(),
             serial: &peer.serial,
             fingerprint: &peer.fingerprint,
-            roles: call.roles.strings(),
+            roles: Roles(&call.roles),
             impersonated: call.impersonated.then_some(true),
-            cert_roles: call.impersonated.then(|| peer.roles.strings()),
+            cert_roles: call.impersonated.then_some(Roles(&peer.roles)),
             caller: call.impersonated.then_some(call.caller.as_str()),
             via: call.forwarded_from.as_deref(),
             targets: (!self.targets.is_empty()).then_some(self.targets.as_slice()),
@@ -344,11 +344,11 @@ struct Record<'a> {
     cn: Option<&'a str>,
     serial: &'a str,
     fingerprint: &'a str,
-    roles: Vec<String>,
+    roles: Roles<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     impersonated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cert_roles: Option<Vec<String>>,
+    cert_roles: Option<Roles<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     caller: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,6 +361,16 @@ struct Record<'a> {
     duration_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+}
+
+/// A role set as the sorted list of its strings (Talos `Set.Strings()`), written without
+/// collecting them into a `Vec<String>` first.
+struct Roles<'a>(&'a basalt_authz::RoleSet);
+
+impl Serialize for Roles<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(basalt_authz::Role::as_str))
+    }
 }
 
 /// The canonical gRPC status name (`OK`, `PERMISSION_DENIED`, …).

@@ -139,21 +139,28 @@ impl Limiter {
         let burst = f64::from(self.limits.burst);
         let rate = f64::from(self.limits.requests_per_second);
         let mut table = self.lock();
-        if !table.contains_key(fingerprint) && table.len() >= MAX_TRACKED_IDENTITIES {
-            evict_idle(&mut table);
+        // Looked up by `&str` first: `entry` would need an owned key, an allocation per call.
+        if !table.contains_key(fingerprint) {
             if table.len() >= MAX_TRACKED_IDENTITIES {
-                return Err(LimitExceeded::Identities {
-                    limit: MAX_TRACKED_IDENTITIES,
-                });
+                evict_idle(&mut table);
+                if table.len() >= MAX_TRACKED_IDENTITIES {
+                    return Err(LimitExceeded::Identities {
+                        limit: MAX_TRACKED_IDENTITIES,
+                    });
+                }
             }
+            table.insert(
+                fingerprint.to_owned(),
+                Bucket {
+                    tokens: burst,
+                    refilled: now,
+                    in_flight: Arc::new(AtomicU32::new(0)),
+                },
+            );
         }
-        let bucket = table
-            .entry(fingerprint.to_owned())
-            .or_insert_with(|| Bucket {
-                tokens: burst,
-                refilled: now,
-                in_flight: Arc::new(AtomicU32::new(0)),
-            });
+        let Some(bucket) = table.get_mut(fingerprint) else {
+            unreachable!("the bucket was found or inserted above, under the same lock");
+        };
 
         // In flight first: a refused call must not also spend a token.
         if bucket.in_flight.load(Ordering::Acquire) >= self.limits.max_in_flight {

@@ -108,15 +108,21 @@ pub(crate) struct Stripped {
 
 /// Removes every value of `talos-role`, `basalt-caller` and `proxyfrom` from `headers`.
 pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
+    // Each key is looked up with `contains_key` first: `entry` reserves room for an insertion,
+    // which grows (allocates) a full map on every call even when the key is absent.
     let mut stripped = Stripped::default();
-    if let http::header::Entry::Occupied(entry) = headers.entry(&ROLE) {
+    if headers.contains_key(&ROLE)
+        && let http::header::Entry::Occupied(entry) = headers.entry(&ROLE)
+    {
         for value in entry.remove_entry_mult().1 {
             if let Ok(text) = value.to_str() {
                 stripped.roles.extend(text.split(',').map(str::to_owned));
             }
         }
     }
-    if let http::header::Entry::Occupied(entry) = headers.entry(&CALLER) {
+    if headers.contains_key(&CALLER)
+        && let http::header::Entry::Occupied(entry) = headers.entry(&CALLER)
+    {
         stripped.caller = entry
             .remove_entry_mult()
             .1
@@ -124,7 +130,9 @@ pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
             .and_then(|value| value.to_str().ok().map(str::to_owned));
     }
     // Loop guard for node routing: honoured only from another apid (see `CallIdentity`).
-    if let http::header::Entry::Occupied(entry) = headers.entry(metadata::PROXY_FROM) {
+    if headers.contains_key(metadata::PROXY_FROM)
+        && let http::header::Entry::Occupied(entry) = headers.entry(metadata::PROXY_FROM)
+    {
         stripped.proxy_from = entry
             .remove_entry_mult()
             .1
