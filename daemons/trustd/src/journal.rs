@@ -93,7 +93,7 @@ impl JournalRecord {
 }
 
 /// The SANs of `leaf` as strings, DNS names first.
-pub(crate) fn sans(leaf: &basalt_pki::Identity) -> Vec<String> {
+fn sans(leaf: &basalt_pki::Identity) -> Vec<String> {
     leaf.dns_names
         .iter()
         .cloned()

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::admission::Admitted;
 use crate::error::Error;
-use crate::journal::{self, Journal, JournalRecord};
+use crate::journal::{Journal, JournalRecord};
 use crate::metrics::TrustdMetrics;
 use crate::trust::SigningCa;
 
@@ -60,7 +60,7 @@ impl Signer {
         info!(
             peer.addr = %admitted.peer,
             cert.cn = leaf.common_name.as_deref().unwrap_or(""),
-            cert.sans = ?journal::sans(&leaf),
+            cert.sans = ?record.sans,
             cert.serial = %leaf.serial,
             cert.not_after = %record.not_after,
             token = %admitted.token,
