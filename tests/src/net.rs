@@ -105,6 +105,29 @@ impl Outcome {
     }
 }
 
+/// The refusal of a new connection to a server that was just told to refuse it (a revocation
+/// it picks up within its poll interval), probing every 50 ms for up to `patience`.
+///
+/// A connection that is closed without an alert is probed again: the list changed between
+/// that handshake's check and the connection's registration, and apid closes such a
+/// connection silently. The next handshake sees the list and gets the alert.
+pub async fn refused_within(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    patience: Duration,
+) -> String {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let outcome = probe_tls(addr, Arc::clone(&tls)).await;
+        let settled = tokio::time::Instant::now() >= deadline;
+        match outcome {
+            Outcome::Refused(reason) if reason != "connection closed" || settled => return reason,
+            Outcome::Accepted if settled => panic!("{addr} still accepts after {patience:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// Runs a TLS handshake with `tls`, then sends the HTTP/2 preface and reads the first frame
 /// header.
 ///

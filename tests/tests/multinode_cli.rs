@@ -11,11 +11,11 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use basalt_api::machine::ReadRequest;
 use basalt_config::{Base64Pem, ClientConfig, Context};
-use basalt_e2e::{Cert, Node, Outcome, net, within_test_deadline};
+use basalt_e2e::{Cert, Node, net, within_test_deadline};
 
 /// Not this node's name: `.invalid` never resolves (RFC 2606).
 const OTHER_NODE: &str = "other-node.invalid";
@@ -389,20 +389,13 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
             .map(|n| n["node"].as_str().unwrap())
             .collect();
         assert_eq!(listed, [&cp_name, &w1_name, &w2_name], "{json}");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match net::probe_tls(w1.apid_addr(), w1.tls(Some(Cert::Reader))).await {
-                Outcome::Refused(reason) => {
-                    assert!(reason.contains("CertificateRevoked"), "{reason}");
-                    break;
-                }
-                Outcome::Accepted => assert!(
-                    Instant::now() < deadline,
-                    "the worker still accepts the revoked reader"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let reason = net::refused_within(
+            w1.apid_addr(),
+            w1.tls(Some(Cert::Reader)),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(reason.contains("CertificateRevoked"), "{reason}");
 
         // A stopped worker: the other's result is printed, the stopped one listed, exit 1.
         w2.shutdown().await;

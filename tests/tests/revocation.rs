@@ -249,19 +249,7 @@ async fn the_cli_revokes_by_certificate_file_and_lists_the_entries() {
 /// The refusal of a new connection as `cert`, waiting (bounded) for apid to load a list that
 /// was just changed.
 async fn refused_soon(node: &Node, cert: Cert) -> String {
-    let deadline = tokio::time::Instant::now() + STREAM_END_PATIENCE;
-    loop {
-        match net::probe_tls(node.apid_addr(), node.tls(Some(cert))).await {
-            Outcome::Refused(reason) => return reason,
-            Outcome::Accepted if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Outcome::Accepted => panic!(
-                "{cert:?} still accepted {STREAM_END_PATIENCE:?} after its revocation{}",
-                node.log_tail()
-            ),
-        }
-    }
+    net::refused_within(node.apid_addr(), node.tls(Some(cert)), STREAM_END_PATIENCE).await
 }
 
 /// An admin client config for the node, made by the real CLI.
