@@ -105,8 +105,9 @@ impl Outcome {
     }
 }
 
-/// The refusal of a new connection to a server that was just told to refuse it (a revocation
-/// it picks up within its poll interval), probing every 50 ms for up to `patience`.
+/// Probes a server that was just told to refuse a certificate (a revocation it picks up
+/// within its poll interval) every 50 ms until it refuses, for up to `patience`; the last
+/// outcome, so the caller can name what it expected with [`Outcome::refusal`].
 ///
 /// A connection that is closed without an alert is probed again: the list changed between
 /// that handshake's check and the connection's registration, and apid closes such a
@@ -115,16 +116,16 @@ pub async fn refused_within(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     patience: Duration,
-) -> String {
+) -> Outcome {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let outcome = probe_tls(addr, Arc::clone(&tls)).await;
-        let settled = tokio::time::Instant::now() >= deadline;
-        match outcome {
-            Outcome::Refused(reason) if reason != "connection closed" || settled => return reason,
-            Outcome::Accepted if settled => panic!("{addr} still accepts after {patience:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        let silent_close = outcome == Outcome::Refused("connection closed".to_owned());
+        let settled = matches!(outcome, Outcome::Refused(_)) && !silent_close;
+        if settled || tokio::time::Instant::now() >= deadline {
+            return outcome;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

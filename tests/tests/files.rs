@@ -5,13 +5,9 @@
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
 
-use basalt_e2e::{Binary, Node, within_test_deadline};
-
-/// The longest one basaltctl run may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+use basalt_e2e::cli::text;
+use basalt_e2e::{Node, within_test_deadline};
 
 /// `tree/{a.txt, sub/big.bin (3 MB), link -> a.txt}` inside the node's directory.
 fn make_tree(node: &Node) -> PathBuf {
@@ -42,53 +38,8 @@ fn big() -> Vec<u8> {
 
 /// An admin client config for the node, made by the real CLI.
 async fn admin_config(node: &Node) -> PathBuf {
-    let config = node.dir().join("admin.config");
-    let secrets = node.pki().secrets_path().display().to_string();
-    let out = run(
-        node,
-        None,
-        &[
-            "gen",
-            "client-config",
-            "--with-secrets",
-            &secrets,
-            "--roles",
-            "os:admin",
-            "--endpoints",
-            &node.apid_addr().to_string(),
-            "-o",
-            &config.display().to_string(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "gen client-config: {}", text(&out));
-    config
-}
-
-async fn run(node: &Node, config: Option<&Path>, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(Binary::Basaltctl.path());
-    command
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .env("HOME", node.dir())
-        .kill_on_drop(true);
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    command.args(args);
-    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+    node.gen_client_config("admin.config", "os:admin", "24h", &[node.apid_addr()])
         .await
-        .unwrap_or_else(|_| panic!("basaltctl {args:?} took longer than {COMMAND_TIMEOUT:?}"))
-        .expect("run basaltctl")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +53,7 @@ async fn read_ls_usage_and_cp_work_through_apid() {
             let config = config.clone();
             async move {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run(node, Some(&config), &args).await
+                node.basaltctl(&config, &args).await
             }
         };
         let path = |rel: &str| tree.join(rel).display().to_string();
@@ -193,28 +144,28 @@ async fn the_path_policy_refusals_reach_the_cli() {
         // machined's state directory holds keys: denied, with the reason.
         let state = std::fs::canonicalize(node.state_dir()).expect("state dir");
         let key = state.join("apid").display().to_string();
-        let out = run(&node, Some(&config), &["ls", &key]).await;
+        let out = node.basaltctl(&config, &["ls", &key]).await;
         assert!(!out.status.success(), "ls of the state dir: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("PermissionDenied"), "{stderr}");
         assert!(stderr.contains("state directory"), "{stderr}");
 
         // A relative path, a missing one, a directory given to read.
-        let out = run(&node, Some(&config), &["read", "etc/hostname"]).await;
+        let out = node.basaltctl(&config, &["read", "etc/hostname"]).await;
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"),
             "{}",
             text(&out)
         );
         let missing = tree.join("missing").display().to_string();
-        let out = run(&node, Some(&config), &["read", &missing]).await;
+        let out = node.basaltctl(&config, &["read", &missing]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("NotFound") && stderr.contains(&missing),
             "{stderr}"
         );
         let dir = tree.display().to_string();
-        let out = run(&node, Some(&config), &["read", &dir]).await;
+        let out = node.basaltctl(&config, &["read", &dir]).await;
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("path must be a regular file"),
             "{}",
@@ -222,7 +173,7 @@ async fn the_path_policy_refusals_reach_the_cli() {
         );
 
         // Kernel memory, by the default deny rules.
-        let out = run(&node, Some(&config), &["read", "/proc/kcore"]).await;
+        let out = node.basaltctl(&config, &["read", "/proc/kcore"]).await;
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
             "{}",
@@ -239,7 +190,7 @@ async fn dmesg_prints_the_kernel_log_or_says_why_it_cannot() {
     within_test_deadline(async {
         let node = Node::start().await;
         let config = admin_config(&node).await;
-        let out = run(&node, Some(&config), &["dmesg"]).await;
+        let out = node.basaltctl(&config, &["dmesg"]).await;
         if out.status.success() {
             let stdout = String::from_utf8_lossy(&out.stdout);
             let first = stdout

@@ -394,7 +394,8 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
             w1.tls(Some(Cert::Reader)),
             Duration::from_secs(5),
         )
-        .await;
+        .await
+        .refusal("the worker, 5 s after the revocation, with the revoked reader");
         assert!(reason.contains("CertificateRevoked"), "{reason}");
 
         // A stopped worker: the other's result is printed, the stopped one listed, exit 1.

@@ -2,23 +2,20 @@
 //! refuses a revoked certificate at the TLS handshake and closes its open connections at once,
 //! and every other client keeps being served.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use basalt_api::basalt::v1::revocation_service_client::RevocationServiceClient;
 use basalt_api::basalt::v1::{ListRevokedRequest, RevokeRequest, RevokedCertificate};
 use basalt_api::machine::EventsRequest;
-use basalt_e2e::{Binary, Cert, Node, Outcome, net, within_test_deadline};
+use basalt_e2e::cli::text;
+use basalt_e2e::{Cert, Node, Outcome, net, within_test_deadline};
 use tonic::Code;
 use tonic::transport::Channel;
 
 /// How long a revoked client's open stream may take to end before the test fails. The promise
 /// is one second; the bound is generous for a loaded machine.
 const STREAM_END_PATIENCE: Duration = Duration::from_secs(5);
-
-/// The longest one basaltctl run may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn revocations(node: &Node, cert: Cert) -> RevocationServiceClient<Channel> {
     RevocationServiceClient::new(node.channel(cert).await)
@@ -202,12 +199,12 @@ async fn the_cli_revokes_by_certificate_file_and_lists_the_entries() {
         let reader = node.pki().credentials(Cert::Reader);
         let reader_cert = reader.cert_path.display().to_string();
 
-        let out = run(
-            &node,
-            &config,
-            &["cert", "revoke", "--cert", &reader_cert, "--reason", "left"],
-        )
-        .await;
+        let out = node
+            .basaltctl(
+                &config,
+                &["cert", "revoke", "--cert", &reader_cert, "--reason", "left"],
+            )
+            .await;
         assert!(out.status.success(), "cert revoke: {}", text(&out));
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("revoked"),
@@ -215,7 +212,9 @@ async fn the_cli_revokes_by_certificate_file_and_lists_the_entries() {
             text(&out)
         );
 
-        let out = run(&node, &config, &["cert", "revoked", "-o", "json"]).await;
+        let out = node
+            .basaltctl(&config, &["cert", "revoked", "-o", "json"])
+            .await;
         assert!(out.status.success(), "cert revoked: {}", text(&out));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let fingerprint = identity(&node, Cert::Reader).fingerprint;
@@ -229,12 +228,12 @@ async fn the_cli_revokes_by_certificate_file_and_lists_the_entries() {
 
         // A CA certificate is refused before anything is sent.
         let ca = node.pki().ca_path().display().to_string();
-        let out = run(
-            &node,
-            &config,
-            &["cert", "revoke", "--cert", &ca, "--reason", "oops"],
-        )
-        .await;
+        let out = node
+            .basaltctl(
+                &config,
+                &["cert", "revoke", "--cert", &ca, "--reason", "oops"],
+            )
+            .await;
         assert!(!out.status.success(), "revoking the CA: {}", text(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("CA certificate"),
@@ -249,60 +248,16 @@ async fn the_cli_revokes_by_certificate_file_and_lists_the_entries() {
 /// The refusal of a new connection as `cert`, waiting (bounded) for apid to load a list that
 /// was just changed.
 async fn refused_soon(node: &Node, cert: Cert) -> String {
-    net::refused_within(node.apid_addr(), node.tls(Some(cert)), STREAM_END_PATIENCE).await
+    net::refused_within(node.apid_addr(), node.tls(Some(cert)), STREAM_END_PATIENCE)
+        .await
+        .refusal(&format!(
+            "{cert:?} {STREAM_END_PATIENCE:?} after its revocation{}",
+            node.log_tail()
+        ))
 }
 
 /// An admin client config for the node, made by the real CLI.
 async fn admin_config(node: &Node) -> PathBuf {
-    let config = node.dir().join("admin.config");
-    let secrets = node.pki().secrets_path().display().to_string();
-    let out = basaltctl(
-        node,
-        None,
-        &[
-            "gen",
-            "client-config",
-            "--with-secrets",
-            &secrets,
-            "--roles",
-            "os:admin",
-            "--endpoints",
-            &node.apid_addr().to_string(),
-            "-o",
-            &config.display().to_string(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "gen client-config: {}", text(&out));
-    config
-}
-
-async fn run(node: &Node, config: &Path, args: &[&str]) -> Output {
-    basaltctl(node, Some(config), args).await
-}
-
-async fn basaltctl(node: &Node, config: Option<&Path>, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(Binary::Basaltctl.path());
-    command
-        .current_dir(node.dir())
-        .env_remove("BASALTCONFIG")
-        .env("HOME", node.dir())
-        .kill_on_drop(true);
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    command.args(args);
-    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+    node.gen_client_config("admin.config", "os:admin", "24h", &[node.apid_addr()])
         .await
-        .unwrap_or_else(|_| panic!("basaltctl {args:?} took longer than {COMMAND_TIMEOUT:?}"))
-        .expect("run basaltctl")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
