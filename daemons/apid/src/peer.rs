@@ -107,39 +107,29 @@ pub(crate) struct Stripped {
 }
 
 /// Removes every value of `talos-role`, `basalt-caller` and `proxyfrom` from `headers`.
+///
+/// `HeaderMap::remove` drops every value of a key and returns the first; unlike `entry`, it
+/// never grows the map (`entry` reserves room for an insertion, an allocation per call).
 pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
-    // Each key is looked up with `contains_key` first: `entry` reserves room for an insertion,
-    // which grows (allocates) a full map on every call even when the key is absent.
-    let mut stripped = Stripped::default();
-    if headers.contains_key(&ROLE)
-        && let http::header::Entry::Occupied(entry) = headers.entry(&ROLE)
-    {
-        for value in entry.remove_entry_mult().1 {
-            if let Ok(text) = value.to_str() {
-                stripped.roles.extend(text.split(',').map(str::to_owned));
-            }
-        }
+    let roles = headers
+        .get_all(&ROLE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(&ROLE);
+    Stripped {
+        roles,
+        caller: first_text(headers.remove(&CALLER)),
+        // Loop guard for node routing: honoured only from another apid (see `CallIdentity`).
+        proxy_from: first_text(headers.remove(metadata::PROXY_FROM)),
     }
-    if headers.contains_key(&CALLER)
-        && let http::header::Entry::Occupied(entry) = headers.entry(&CALLER)
-    {
-        stripped.caller = entry
-            .remove_entry_mult()
-            .1
-            .next()
-            .and_then(|value| value.to_str().ok().map(str::to_owned));
-    }
-    // Loop guard for node routing: honoured only from another apid (see `CallIdentity`).
-    if headers.contains_key(metadata::PROXY_FROM)
-        && let http::header::Entry::Occupied(entry) = headers.entry(metadata::PROXY_FROM)
-    {
-        stripped.proxy_from = entry
-            .remove_entry_mult()
-            .1
-            .next()
-            .and_then(|value| value.to_str().ok().map(str::to_owned));
-    }
-    stripped
+}
+
+/// A removed header value as text, if it is valid UTF-8.
+fn first_text(value: Option<HeaderValue>) -> Option<String> {
+    value.and_then(|value| value.to_str().ok().map(str::to_owned))
 }
 
 /// The identity a call runs with.
