@@ -12,6 +12,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basalt_api::basalt::v1::GetRequest;
+use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
 use basalt_api::basalt::v1::diagnostics_service_client::DiagnosticsServiceClient;
 use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_config::fs::{Overwrite, write_atomic};
@@ -269,6 +271,22 @@ impl Node {
         DiagnosticsServiceClient::new(self.channel(cert).await)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The active machine config, as an admin reads it back through apid
+    /// (`basalt.v1.ConfigService/Get`, version 0).
+    pub async fn active_config(&self) -> RawMachineConfig {
+        let active = ConfigServiceClient::new(self.channel(Cert::Admin).await)
+            .get(GetRequest { version: 0 })
+            .await
+            .unwrap_or_else(|status| panic!("ConfigService/Get: {status:?}{}", self.log_tail()))
+            .into_inner()
+            .messages
+            .remove(0);
+        let yaml = String::from_utf8(active.data).expect("the active config is UTF-8");
+        MachineConfig::from_yaml(&yaml)
+            .expect("the active config parses")
+            .to_raw()
     }
 
     /// Everything machined (and apid, its child) wrote to stdout and stderr so far.

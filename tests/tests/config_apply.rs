@@ -11,7 +11,7 @@ use basalt_api::machine::ApplyConfigurationRequest;
 use basalt_api::machine::apply_configuration_request::Mode;
 use std::time::{Duration, Instant};
 
-use basalt_config::{ApidConfig, MachineConfig, RawApidLimits};
+use basalt_config::{ApidConfig, RawApidLimits};
 use basalt_e2e::{Cert, Node, within_test_deadline};
 use tonic::Code;
 
@@ -19,16 +19,7 @@ use tonic::Code;
 async fn an_apply_through_apid_is_recorded_with_the_callers_certificate() {
     within_test_deadline(async {
         let node = Node::start().await;
-        let mut admin_configs = ConfigServiceClient::new(node.channel(Cert::Admin).await);
-        let active = admin_configs
-            .get(GetRequest { version: 0 })
-            .await
-            .unwrap_or_else(|status| panic!("Get: {status:?}{}", node.log_tail()))
-            .into_inner()
-            .messages
-            .remove(0);
-        let yaml = String::from_utf8(active.data).unwrap();
-        let mut raw = MachineConfig::from_yaml(&yaml).unwrap().to_raw();
+        let mut raw = node.active_config().await;
         raw.machine.hostname = Some("renamed".to_owned());
         let changed = raw.to_yaml().unwrap();
 
@@ -119,17 +110,7 @@ async fn apid_limits_need_a_reboot_and_apid_comes_back_enforcing_them() {
             .await
             .unwrap_or_else(|status| panic!("default limit: {status:?}{}", node.log_tail()));
 
-        let mut configs = ConfigServiceClient::new(node.channel(Cert::Admin).await);
-        let active = configs
-            .get(GetRequest { version: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .messages
-            .remove(0);
-        let mut raw = MachineConfig::from_yaml(&String::from_utf8(active.data).unwrap())
-            .unwrap()
-            .to_raw();
+        let mut raw = node.active_config().await;
         raw.machine.apid_limits = Some(RawApidLimits {
             max_streams_per_connection: Some(32),
             max_header_bytes: Some(8 * 1024),

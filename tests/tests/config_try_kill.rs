@@ -8,26 +8,14 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
-use basalt_api::basalt::v1::{ConfigVersion, GetRequest, HistoryRequest};
+use basalt_api::basalt::v1::{ConfigVersion, HistoryRequest};
 use basalt_api::machine::ApplyConfigurationRequest;
 use basalt_api::machine::apply_configuration_request::Mode;
-use basalt_config::MachineConfig;
 use basalt_e2e::{Cert, Node, within_test_deadline};
 
 /// The active config's hostname.
 async fn active_hostname(node: &Node) -> Option<String> {
-    let active = ConfigServiceClient::new(node.channel(Cert::Admin).await)
-        .get(GetRequest { version: 0 })
-        .await
-        .unwrap_or_else(|status| panic!("Get: {status:?}{}", node.log_tail()))
-        .into_inner()
-        .messages
-        .remove(0);
-    let yaml = String::from_utf8(active.data).unwrap();
-    MachineConfig::from_yaml(&yaml)
-        .unwrap()
-        .hostname()
-        .map(str::to_owned)
+    node.active_config().await.machine.hostname
 }
 
 async fn history(node: &Node) -> Vec<ConfigVersion> {
@@ -43,16 +31,7 @@ async fn history(node: &Node) -> Vec<ConfigVersion> {
 
 /// Applies the active config with hostname `trial` in TRY mode; returns the trial's deadline.
 async fn try_hostname(node: &Node, timeout: Duration) -> SystemTime {
-    let active = ConfigServiceClient::new(node.channel(Cert::Admin).await)
-        .get(GetRequest { version: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages
-        .remove(0);
-    let mut raw = MachineConfig::from_yaml(&String::from_utf8(active.data).unwrap())
-        .unwrap()
-        .to_raw();
+    let mut raw = node.active_config().await;
     raw.machine.hostname = Some("trial".to_owned());
     let asked = SystemTime::now();
     node.client(Cert::Admin)

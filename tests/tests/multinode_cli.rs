@@ -420,23 +420,10 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_apply_config_applies_batch_after_batch_and_prints_one_object_per_node() {
-    use basalt_api::basalt::v1::GetRequest;
-    use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
-
     within_test_deadline(async {
         let node = Node::start().await;
         let config = admin_config(&node);
-        let active = ConfigServiceClient::new(node.channel(Cert::Admin).await)
-            .get(GetRequest { version: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .messages
-            .remove(0);
-        let mut raw =
-            basalt_config::MachineConfig::from_yaml(&String::from_utf8(active.data).unwrap())
-                .unwrap()
-                .to_raw();
+        let mut raw = node.active_config().await;
         raw.machine.hostname = Some("batched".to_owned());
         let file = node.dir().join("changed.yaml");
         std::fs::write(&file, raw.to_yaml().unwrap()).unwrap();

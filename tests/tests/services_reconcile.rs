@@ -8,31 +8,15 @@
 
 use std::time::{Duration, Instant};
 
-use basalt_api::basalt::v1::GetRequest;
-use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
 use basalt_api::machine::apply_configuration_request::Mode;
 use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_api::machine::{ApplyConfigurationRequest, LogsRequest, ServiceInfo};
-use basalt_config::{MachineConfig, RawMachineConfig, RawService};
+use basalt_config::{RawMachineConfig, RawService};
 use basalt_e2e::{Cert, Node, within_test_deadline};
 use tonic::Code;
 
 /// Bound of every poll below; the conditions normally hold within a second.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// The active config, as admins read it back.
-async fn active_config(node: &Node) -> RawMachineConfig {
-    let mut configs = ConfigServiceClient::new(node.channel(Cert::Admin).await);
-    let active = configs
-        .get(GetRequest { version: 0 })
-        .await
-        .unwrap_or_else(|status| panic!("Get: {status:?}{}", node.log_tail()))
-        .into_inner()
-        .messages
-        .remove(0);
-    let yaml = String::from_utf8(active.data).unwrap();
-    MachineConfig::from_yaml(&yaml).unwrap().to_raw()
-}
 
 /// Applies `raw` as admin; returns the mode machined chose.
 async fn apply(node: &Node, raw: &RawMachineConfig, mode: Mode, try_timeout: Option<i64>) -> i32 {
@@ -177,7 +161,7 @@ async fn services_are_added_restarted_and_removed_as_the_config_changes() {
     within_test_deadline(async {
         let node = Node::start().await;
         let apid_before = service(&node, "apid").await.and_then(|s| current_pid(&s));
-        let mut raw = active_config(&node).await;
+        let mut raw = node.active_config().await;
 
         // Added by an AUTO apply, which needs no reboot for services.
         raw.machine.services = vec![sh_service("ticker", "echo started $0; exec sleep 1000")];
@@ -242,7 +226,7 @@ async fn services_are_added_restarted_and_removed_as_the_config_changes() {
 async fn a_try_apply_that_is_not_confirmed_takes_its_service_away_again() {
     within_test_deadline(async {
         let node = Node::start().await;
-        let mut raw = active_config(&node).await;
+        let mut raw = node.active_config().await;
         raw.machine.services = vec![sh_service("trial", "exec sleep 1000")];
         assert_eq!(
             apply(&node, &raw, Mode::Try, Some(2)).await,
@@ -293,7 +277,7 @@ async fn orphans_a_service_leaves_behind_are_adopted_and_reaped() {
     within_test_deadline(async {
         let node = Node::start().await;
         let machined = node.machined_pid().unwrap();
-        let mut raw = active_config(&node).await;
+        let mut raw = node.active_config().await;
         // The subshell exits at once, so its `sleep 1` is orphaned: machined, a subreaper,
         // adopts it, and must reap it when it exits a second later.
         raw.machine.services = vec![sh_service(
@@ -362,7 +346,7 @@ async fn orphans_a_service_leaves_behind_are_adopted_and_reaped() {
 async fn a_staged_service_starts_with_the_next_reboot() {
     within_test_deadline(async {
         let node = Node::start().await;
-        let mut raw = active_config(&node).await;
+        let mut raw = node.active_config().await;
         raw.machine.services = vec![sh_service("staged", "exec sleep 1000")];
         assert_eq!(
             apply(&node, &raw, Mode::Staged, None).await,
