@@ -385,11 +385,17 @@ async fn h2_connection(apid: &Apid, pki: &Pki) -> tokio_rustls::client::TlsStrea
     let mut tls = support::tls_connect(apid.addr, &connector)
         .await
         .expect("mTLS connect");
+    exchange_prefaces(&mut tls).await;
+    tls
+}
+
+/// Sends our preface and empty SETTINGS, reads the server's SETTINGS and acknowledges them.
+async fn exchange_prefaces<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S) {
     let mut hello = PREFACE.to_vec();
     hello.extend(frame(SETTINGS, 0, 0, &[]));
     tls.write_all(&hello).await.expect("preface");
     loop {
-        let frame = read_frame(&mut tls).await.expect("server SETTINGS");
+        let frame = read_frame(tls).await.expect("server SETTINGS");
         if frame.kind == SETTINGS && frame.flags & ACK == 0 {
             break;
         }
@@ -397,7 +403,6 @@ async fn h2_connection(apid: &Apid, pki: &Pki) -> tokio_rustls::client::TlsStrea
     tls.write_all(&frame(SETTINGS, ACK, 0, &[]))
         .await
         .expect("settings ack");
-    tls
 }
 
 /// Reads frames until `done` says so or the connection ends; returns whether it ended.
@@ -793,18 +798,7 @@ async fn idle_connection(
     let tcp = connect_from(addr, source).await.expect("connect");
     let server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
     let mut tls = connector.connect(server_name, tcp).await.expect("mTLS");
-    let mut hello = PREFACE.to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &[]));
-    tls.write_all(&hello).await.expect("preface");
-    loop {
-        let frame = read_frame(&mut tls).await.expect("server SETTINGS");
-        if frame.kind == SETTINGS && frame.flags & ACK == 0 {
-            break;
-        }
-    }
-    tls.write_all(&frame(SETTINGS, ACK, 0, &[]))
-        .await
-        .expect("settings ack");
+    exchange_prefaces(&mut tls).await;
     tls
 }
 
