@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use basalt_authz::{Role, RoleSet};
 use basalt_config::fs::{Overwrite, write_atomic};
-use basalt_config::{Base64Pem, BundleCerts, CertAndKey, SecretsBundle};
+use basalt_config::{BundleCerts, CertAndKey, SecretsBundle};
 use basalt_pki::{CaOptions, CertificateAuthority, ClientCertRequest, IssuedCert, KeyAlgorithm};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -125,10 +125,10 @@ impl TestPki {
         let ca_path = dir.join("ca.pem");
         write(&ca_path, ca.cert_pem(), 0o644);
 
-        let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        }))
+        let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey::from_pem(
+            ca.cert_pem(),
+            ca.key_pem(),
+        )))
         .expect("build a secrets bundle");
         let secrets_path = dir.join("secrets.yaml");
         write(

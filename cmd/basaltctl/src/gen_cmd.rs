@@ -230,10 +230,7 @@ pub(crate) fn new_bundle(os_algorithm: KeyAlgorithm) -> anyhow::Result<SecretsBu
     let service_account = PrivateKey::generate(KeyAlgorithm::EcdsaP256)
         .context("generate the service account key")?;
 
-    let pair = |ca: &CertificateAuthority| CertAndKey {
-        crt: Base64Pem::from_pem(ca.cert_pem()),
-        key: Base64Pem::from_pem(ca.key_pem()),
-    };
+    let pair = |ca: &CertificateAuthority| CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
     SecretsBundle::new(BundleCerts {
         os: pair(&os),
         etcd: Some(pair(&etcd)),

@@ -913,10 +913,7 @@ fn save_context(
 fn save_ca_in_bundle(path: &std::path::Path, ca: &CertificateAuthority) -> anyhow::Result<()> {
     let mut bundle = SecretsBundle::load(path)
         .with_context(|| format!("load secrets bundle {}", path.display()))?;
-    bundle.certs.os = CertAndKey {
-        crt: Base64Pem::from_pem(ca.cert_pem().to_owned()),
-        key: Base64Pem::from_pem(ca.key_pem()),
-    };
+    bundle.certs.os = CertAndKey::from_pem(ca.cert_pem().to_owned(), ca.key_pem());
     let yaml = bundle.to_yaml().context("render the secrets bundle")?;
     write_atomic(path, yaml.as_bytes(), PRIVATE_FILE_MODE, Overwrite::Allow)
         .with_context(|| format!("write {}", path.display()))
@@ -940,10 +937,7 @@ mod tests {
     }
 
     fn config(ca: &CertificateAuthority, machine_type: MachineType) -> MachineConfig {
-        let os = CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem().to_owned()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        };
+        let os = CertAndKey::from_pem(ca.cert_pem().to_owned(), ca.key_pem());
         let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
         MachineConfig::generate(&bundle, "dev", "127.0.0.1", machine_type).expect("config")
     }
@@ -1132,10 +1126,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("secrets.yaml");
         let old = ca(KeyAlgorithm::Ed25519);
-        let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey {
-            crt: Base64Pem::from_pem(old.cert_pem().to_owned()),
-            key: Base64Pem::from_pem(old.key_pem()),
-        }))
+        let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey::from_pem(
+            old.cert_pem().to_owned(),
+            old.key_pem(),
+        )))
         .expect("bundle");
         std::fs::write(&path, bundle.to_yaml().expect("yaml")).expect("write");
         let new = ca(KeyAlgorithm::EcdsaP256);

@@ -167,17 +167,14 @@ async fn read_config(client: &Client, node: Option<&str>) -> anyhow::Result<Mach
 
 #[cfg(test)]
 mod tests {
-    use basalt_config::{Base64Pem, BundleCerts, CertAndKey, MachineType, SecretsBundle};
+    use basalt_config::{BundleCerts, CertAndKey, MachineType, SecretsBundle};
     use basalt_pki::{CaOptions, CertificateAuthority};
 
     use super::*;
 
     fn config() -> MachineConfig {
         let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-        let os = CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        };
+        let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
         let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
         MachineConfig::generate(&bundle, "dev", "127.0.0.1", MachineType::ControlPlane)
             .expect("config")

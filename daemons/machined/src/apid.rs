@@ -391,17 +391,14 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
 
 #[cfg(test)]
 mod tests {
-    use basalt_config::{Base64Pem, BundleCerts, CertAndKey, SecretsBundle};
+    use basalt_config::{BundleCerts, CertAndKey, SecretsBundle};
     use basalt_pki::CaOptions;
 
     use super::*;
 
     fn control_plane() -> MachineConfig {
         let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-        let os = CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        };
+        let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
         let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
         MachineConfig::generate(&bundle, "dev", "10.5.0.2", MachineType::ControlPlane)
             .expect("config")

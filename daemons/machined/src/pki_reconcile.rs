@@ -233,10 +233,7 @@ mod tests {
     use super::*;
 
     fn control_plane(ca: &CertificateAuthority) -> MachineConfig {
-        let os = CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        };
+        let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
         let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
         MachineConfig::generate(&bundle, "dev", "10.5.0.2", MachineType::ControlPlane)
             .expect("config")

@@ -253,7 +253,7 @@ fn write(path: &Path, text: &str, mode: u32, what: &'static str) -> Result<(), E
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
-    use basalt_config::{Base64Pem, BundleCerts, CertAndKey, MachineType, SecretsBundle};
+    use basalt_config::{BundleCerts, CertAndKey, MachineType, SecretsBundle};
     use basalt_pki::{CaOptions, Identity};
 
     use super::*;
@@ -261,10 +261,7 @@ mod tests {
     #[test]
     fn prepare_writes_a_valid_config_and_a_server_only_cert() {
         let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-        let os = CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        };
+        let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
         let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
         let machine =
             MachineConfig::generate(&bundle, "dev", "10.5.0.2", MachineType::ControlPlane)

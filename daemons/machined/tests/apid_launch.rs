@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use basalt_config::{
-    ApidConfig, AuditSink, Base64Pem, BundleCerts, CertAndKey, MachineConfig, MachineType,
-    SecretsBundle,
+    ApidConfig, AuditSink, BundleCerts, CertAndKey, MachineConfig, MachineType, SecretsBundle,
 };
 use basalt_pki::{CaOptions, CertificateAuthority, Identity};
 use machined::{ApidLaunch, Backoff};
@@ -17,10 +16,7 @@ use support::{Machined, within_deadline};
 
 fn control_plane_config() -> (MachineConfig, String) {
     let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-    let os = CertAndKey {
-        crt: Base64Pem::from_pem(ca.cert_pem()),
-        key: Base64Pem::from_pem(ca.key_pem()),
-    };
+    let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
     let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
     let machine = MachineConfig::generate(&bundle, "dev", "127.0.0.1", MachineType::ControlPlane)
         .expect("machine config");

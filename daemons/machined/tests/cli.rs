@@ -60,13 +60,10 @@ fn an_unknown_flag_exits_64() {
 }
 
 fn write_control_plane_config(dir: &std::path::Path) -> std::path::PathBuf {
-    use basalt_config::{Base64Pem, BundleCerts, CertAndKey, MachineConfig, SecretsBundle};
+    use basalt_config::{BundleCerts, CertAndKey, MachineConfig, SecretsBundle};
     let ca =
         basalt_pki::CertificateAuthority::generate(&basalt_pki::CaOptions::talos_os()).expect("CA");
-    let os = CertAndKey {
-        crt: Base64Pem::from_pem(ca.cert_pem()),
-        key: Base64Pem::from_pem(ca.key_pem()),
-    };
+    let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
     let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
     let machine = MachineConfig::generate(
         &bundle,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use basalt_api::machine;
 use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_config::{
-    Base64Pem, BundleCerts, CertAndKey, ClientConfig, MachineConfig, MachineType, SecretsBundle,
+    BundleCerts, CertAndKey, ClientConfig, MachineConfig, MachineType, SecretsBundle,
 };
 use basalt_pki::{CaOptions, CertificateAuthority, Identity};
 use machined::boot_id::{BOOT_ID_FILE, BOOT_ID_PATH};
@@ -767,10 +767,7 @@ async fn events_backlog_follows_tail_events_tail_id_and_tail_seconds() {
 
 fn machine_config(machine_type: MachineType) -> (MachineConfig, CertificateAuthority) {
     let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-    let os = CertAndKey {
-        crt: Base64Pem::from_pem(ca.cert_pem()),
-        key: Base64Pem::from_pem(ca.key_pem()),
-    };
+    let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
     let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
     let machine =
         MachineConfig::generate(&bundle, "dev", "127.0.0.1", machine_type).expect("config");

@@ -11,9 +11,7 @@ use basalt_api::machine::{
     self, LogsRequest, ServiceInfo, ServiceRestartRequest, ServiceStartRequest, ServiceStopRequest,
     machine_service_client::MachineServiceClient,
 };
-use basalt_config::{
-    Base64Pem, BundleCerts, CertAndKey, MachineConfig, MachineType, SecretsBundle,
-};
+use basalt_config::{BundleCerts, CertAndKey, MachineConfig, MachineType, SecretsBundle};
 use basalt_pki::{CaOptions, CertificateAuthority};
 use machined::{ApidLaunch, Backoff, ServicesConfig};
 use support::{Machined, with_roles, within_deadline};
@@ -410,10 +408,7 @@ fn fake_apid(dir: &Path) -> PathBuf {
 
 fn control_plane_config() -> MachineConfig {
     let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-    let os = CertAndKey {
-        crt: Base64Pem::from_pem(ca.cert_pem()),
-        key: Base64Pem::from_pem(ca.key_pem()),
-    };
+    let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
     let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
     MachineConfig::generate(&bundle, "dev", "127.0.0.1", MachineType::ControlPlane)
         .expect("machine config")

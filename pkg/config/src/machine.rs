@@ -928,11 +928,7 @@ mod tests {
     }
 
     fn bundle() -> SecretsBundle {
-        SecretsBundle::new(BundleCerts::os_only(CertAndKey {
-            crt: Base64Pem::from_pem(CA_CERT),
-            key: Base64Pem::from_pem(CA_KEY),
-        }))
-        .unwrap()
+        SecretsBundle::new(BundleCerts::os_only(CertAndKey::from_pem(CA_CERT, CA_KEY))).unwrap()
     }
 
     fn controlplane_yaml() -> String {

@@ -239,6 +239,16 @@ pub struct CertAndKey {
     pub key: Base64Pem,
 }
 
+impl CertAndKey {
+    /// A certificate and key from their PEM (a CA's `cert_pem()` and `key_pem()`, say).
+    pub fn from_pem(crt: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            crt: Base64Pem::from_pem(crt),
+            key: Base64Pem::from_pem(key),
+        }
+    }
+}
+
 /// A private key alone, base64 of PEM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping with key")]
@@ -264,10 +274,7 @@ mod tests {
     use crate::test_support::{CA_CERT, CA_KEY};
 
     fn os_ca() -> CertAndKey {
-        CertAndKey {
-            crt: Base64Pem::from_pem(CA_CERT),
-            key: Base64Pem::from_pem(CA_KEY),
-        }
+        CertAndKey::from_pem(CA_CERT, CA_KEY)
     }
 
     /// Talos's own `testdata/secrets.yaml` shape: every item present, cluster id URL-safe.
@@ -338,10 +345,7 @@ mod tests {
         bundle.cluster.secret = "%%%".into();
         bundle.trustdinfo.token = "nope".into();
         bundle.secrets.aescbcencryptionsecret = Some("AAAA".into());
-        bundle.certs.os = CertAndKey {
-            crt: Base64Pem::from_pem(CA_KEY),
-            key: Base64Pem::from_pem(CA_CERT),
-        };
+        bundle.certs.os = CertAndKey::from_pem(CA_KEY, CA_CERT);
         let err = bundle.validate().unwrap_err();
         let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
         assert_eq!(

@@ -273,10 +273,7 @@ mod tests {
     use age::secrecy::ExposeSecret;
 
     fn bundle_yaml() -> String {
-        let os = crate::CertAndKey {
-            crt: crate::Base64Pem::from_pem(CA_CERT),
-            key: crate::Base64Pem::from_pem(CA_KEY),
-        };
+        let os = crate::CertAndKey::from_pem(CA_CERT, CA_KEY);
         SecretsBundle::new(crate::BundleCerts::os_only(os))
             .expect("bundle")
             .to_yaml()

@@ -23,11 +23,8 @@ fn gen_secrets_then_configs_then_client_config() {
     ensure_private_dir(&out).unwrap();
 
     // gen secrets
-    let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey {
-        crt: Base64Pem::from_pem(CA_CERT),
-        key: Base64Pem::from_pem(CA_KEY),
-    }))
-    .unwrap();
+    let bundle =
+        SecretsBundle::new(BundleCerts::os_only(CertAndKey::from_pem(CA_CERT, CA_KEY))).unwrap();
     let secrets_path = out.join("secrets.yaml");
     let yaml = bundle.to_yaml().unwrap();
     write_atomic(&secrets_path, yaml.as_bytes(), 0o600, Overwrite::Refuse).unwrap();

@@ -2,7 +2,7 @@
 //! (off by default), and `metrics:` in apid's and trustd's own configs, which machined writes.
 
 use basalt_config::{
-    ApidConfig, Base64Pem, BundleCerts, CertAndKey, MachineConfig, MachineType, SecretsBundle,
+    ApidConfig, BundleCerts, CertAndKey, MachineConfig, MachineType, SecretsBundle,
 };
 
 // Fake PEM: basalt-config only looks at the labels.
@@ -11,11 +11,8 @@ const CA_CERT: &str =
 const CA_KEY: &str = "-----BEGIN ED25519 PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIE\n-----END ED25519 PRIVATE KEY-----\n";
 
 fn base_config() -> MachineConfig {
-    let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey {
-        crt: Base64Pem::from_pem(CA_CERT),
-        key: Base64Pem::from_pem(CA_KEY),
-    }))
-    .expect("bundle");
+    let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey::from_pem(CA_CERT, CA_KEY)))
+        .expect("bundle");
     MachineConfig::generate(&bundle, "dev", "127.0.0.1", MachineType::ControlPlane)
         .expect("generate")
 }

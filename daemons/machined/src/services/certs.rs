@@ -259,10 +259,7 @@ mod tests {
     use super::*;
 
     fn machine(ca: &CertificateAuthority, accepted: &[&CertificateAuthority]) -> MachineConfig {
-        let os = CertAndKey {
-            crt: Base64Pem::from_pem(ca.cert_pem()),
-            key: Base64Pem::from_pem(ca.key_pem()),
-        };
+        let os = CertAndKey::from_pem(ca.cert_pem(), ca.key_pem());
         let bundle = SecretsBundle::new(BundleCerts::os_only(os)).expect("bundle");
         let mut raw =
             RawMachineConfig::generate(&bundle, "test", "127.0.0.1", MachineType::ControlPlane);
