@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use basalt_api::basalt::v1::GetRequest;
 use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
 use basalt_api::basalt::v1::diagnostics_service_client::DiagnosticsServiceClient;
+use basalt_api::machine::ReadRequest;
 use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_config::fs::{Overwrite, write_atomic};
 use basalt_config::machine::{
@@ -271,6 +272,25 @@ impl Node {
         DiagnosticsServiceClient::new(self.channel(cert).await)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The kernel's boot id, read through apid as admin: it changes when the node reboots
+    /// (in container mode, when machined restarts its boot sequence).
+    pub async fn boot_id(&self) -> String {
+        let mut stream = self
+            .client(Cert::Admin)
+            .await
+            .read(ReadRequest {
+                path: "/proc/sys/kernel/random/boot_id".to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("read boot_id: {status:?}{}", self.log_tail()))
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.expect("boot_id stream") {
+            bytes.extend(chunk.bytes);
+        }
+        String::from_utf8_lossy(&bytes).trim().to_owned()
     }
 
     /// The active machine config, as an admin reads it back through apid

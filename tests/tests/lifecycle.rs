@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use basalt_api::machine::ReadRequest;
 use basalt_config::{Base64Pem, ClientConfig, Context};
 use basalt_e2e::{Binary, Cert, Node, within_test_deadline};
 
@@ -49,29 +48,13 @@ fn assert_success(out: &Output, what: &str, node: &Node) {
     );
 }
 
-async fn boot_id(node: &Node) -> String {
-    let mut client = node.client(Cert::Admin).await;
-    let mut stream = client
-        .read(ReadRequest {
-            path: "/proc/sys/kernel/random/boot_id".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend(chunk.bytes);
-    }
-    text(&bytes).trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basaltctl_reboot_follows_the_node_through_an_apid_restart() {
     within_test_deadline(async {
         let node = Node::start().await;
         let config = node.dir().join("admin.yaml");
         client_config(&node, Cert::Admin, &config);
-        let before = boot_id(&node).await;
+        let before = node.boot_id().await;
         let apid_before = node.apid_pid().expect("apid runs");
 
         let out = node
@@ -89,7 +72,7 @@ async fn basaltctl_reboot_follows_the_node_through_an_apid_restart() {
             assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
         }
 
-        let after = boot_id(&node).await;
+        let after = node.boot_id().await;
         assert_ne!(before, after);
         assert_ne!(node.apid_pid(), Some(apid_before), "apid was restarted");
         node.shutdown().await;
@@ -212,7 +195,7 @@ async fn basaltctl_reset_with_reboot_wipes_the_state_and_the_node_comes_back() {
         let junk = node.state_dir().join("junk/left-by-a-service");
         std::fs::create_dir_all(junk.parent().unwrap()).unwrap();
         std::fs::write(&junk, "data").unwrap();
-        let before = boot_id(&node).await;
+        let before = node.boot_id().await;
 
         let out = node
             .basaltctl(&config, &["reset", "--reboot", "--timeout", "40s"])
@@ -227,7 +210,7 @@ async fn basaltctl_reset_with_reboot_wipes_the_state_and_the_node_comes_back() {
             node.state_dir().join("apid").is_dir(),
             "apid's files are kept"
         );
-        assert_ne!(boot_id(&node).await, before);
+        assert_ne!(node.boot_id().await, before);
         let out = node.basaltctl(&config, &["hostname"]).await;
         assert_success(&out, "hostname after the reset", &node);
         node.shutdown().await;

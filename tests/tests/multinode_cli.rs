@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use basalt_api::machine::ReadRequest;
 use basalt_config::{Base64Pem, ClientConfig, Context};
 use basalt_e2e::{Cert, Node, net, within_test_deadline};
 
@@ -52,22 +51,6 @@ fn explain(out: &Output, node: &Node) -> String {
         text(&out.stderr),
         node.log_tail()
     )
-}
-
-async fn boot_id(node: &Node) -> String {
-    let mut client = node.client(Cert::Admin).await;
-    let mut stream = client
-        .read(ReadRequest {
-            path: "/proc/sys/kernel/random/boot_id".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend(chunk.bytes);
-    }
-    text(&bytes).trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +121,7 @@ async fn one_failing_node_is_listed_and_the_others_results_are_still_printed() {
             )
             .await;
         assert!(out.status.success(), "{}", explain(&out, &node));
-        let id = boot_id(&node).await;
+        let id = node.boot_id().await;
         assert_eq!(
             text(&out.stdout),
             format!("127.0.0.1: {id}\nlocalhost: {id}\n")
@@ -153,7 +136,7 @@ async fn destructive_verbs_on_several_nodes_without_yes_and_without_a_terminal_a
     within_test_deadline(async {
         let node = Node::start().await;
         let config = admin_config(&node);
-        let before = boot_id(&node).await;
+        let before = node.boot_id().await;
         let apid_before = node.apid_pid();
 
         for args in [
@@ -176,7 +159,7 @@ async fn destructive_verbs_on_several_nodes_without_yes_and_without_a_terminal_a
                 "{args:?}: {stderr}"
             );
         }
-        assert_eq!(boot_id(&node).await, before, "nothing was rebooted");
+        assert_eq!(node.boot_id().await, before, "nothing was rebooted");
         assert_eq!(node.apid_pid(), apid_before, "apid was not restarted");
         node.shutdown().await;
     })
@@ -188,7 +171,7 @@ async fn a_batched_reboot_reboots_one_batch_after_the_other() {
     within_test_deadline(async {
         let node = Node::start().await;
         let config = admin_config(&node);
-        let before = boot_id(&node).await;
+        let before = node.boot_id().await;
 
         // The same node under two names: two batches, two reboots one after the other.
         let out = node
@@ -217,7 +200,7 @@ async fn a_batched_reboot_reboots_one_batch_after_the_other() {
             .find("node 127.0.0.1: boot id changed")
             .expect(&stderr);
         assert!(first_done < second, "{stderr}");
-        assert_ne!(boot_id(&node).await, before);
+        assert_ne!(node.boot_id().await, before);
         node.shutdown().await;
     })
     .await;
@@ -318,7 +301,7 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
         assert_eq!(nodes, [&cp_name, &w1_name, &w2_name]);
 
         // The workers, one batch each; the control plane is left alone.
-        let before = (boot_id(&cp).await, boot_id(&w1).await, boot_id(&w2).await);
+        let before = (cp.boot_id().await, w1.boot_id().await, w2.boot_id().await);
         let workers = format!("{w1_name},{w2_name}");
         let out = cp
             .basaltctl(
@@ -345,12 +328,12 @@ async fn through_a_control_plane_the_cli_reaches_each_worker_and_rolls_a_reboot_
             .expect(&stderr);
         assert!(first_done < second, "{stderr}");
         assert_eq!(
-            boot_id(&cp).await,
+            cp.boot_id().await,
             before.0,
             "the control plane was not rebooted"
         );
-        assert_ne!(boot_id(&w1).await, before.1);
-        assert_ne!(boot_id(&w2).await, before.2);
+        assert_ne!(w1.boot_id().await, before.1);
+        assert_ne!(w2.boot_id().await, before.2);
 
         // `cert revoke -n` revokes on every node named; each lists it and refuses the reader.
         let reader = cp.pki().credentials(Cert::Reader);
