@@ -331,7 +331,12 @@ struct Latency {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     basalt_pki::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread, as in apid: the load generator shares the machine with the servers it
+    // measures, and on a multi-threaded runtime every call hands off between worker threads
+    // (tonic's buffer task, hyper's connection task, the calling worker), each hand-off a
+    // wake-up. Measured against the same apid and nginx (docs/BENCHMARKS.md): about half the
+    // client CPU per call (c=16: 28 → 12 µs), which leaves that CPU to the servers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
