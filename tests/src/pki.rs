@@ -1,8 +1,9 @@
 //! Test PKI, generated at test time: the node's OS CA and one client certificate per [`Cert`].
 //!
-//! Good certificates come from `basalt_pki` (the code `basaltctl gen` runs); the deliberately
-//! bad ones basalt-pki refuses to make (expired, not yet valid, serverAuth + clientAuth) are made
-//! with rcgen directly and signed by the same CA, so each is refused for exactly one reason.
+//! Certificates come from `basalt_pki` (the code `basaltctl gen` runs) where it can make them;
+//! the deliberately bad ones it refuses to make (expired, not yet valid, serverAuth +
+//! clientAuth, no EKU) are made with rcgen directly and signed by the same CA, so each is
+//! refused for exactly one reason.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,11 +40,16 @@ pub enum Cert {
     NotYetValid,
     /// `O=os:admin`, chained to the node's CA, EKU serverAuth **and** clientAuth.
     ServerAndClientEku,
+    /// `O=os:admin`, chained to the node's CA, without an EKU extension ("any purpose").
+    NoEku,
+    /// Chained to the node's CA, EKU clientAuth, Organization values that are no basalt role:
+    /// `O=os:future` and `O=admin`.
+    UnknownRoles,
 }
 
 impl Cert {
     /// Every variant, for writing the files.
-    pub const ALL: [Cert; 8] = [
+    pub const ALL: [Cert; 10] = [
         Cert::Admin,
         Cert::Operator,
         Cert::Reader,
@@ -52,6 +58,8 @@ impl Cert {
         Cert::Expired,
         Cert::NotYetValid,
         Cert::ServerAndClientEku,
+        Cert::NoEku,
+        Cert::UnknownRoles,
     ];
 
     /// A short file-name-friendly name.
@@ -65,6 +73,8 @@ impl Cert {
             Cert::Expired => "expired",
             Cert::NotYetValid => "not-yet-valid",
             Cert::ServerAndClientEku => "server-and-client-eku",
+            Cert::NoEku => "no-eku",
+            Cert::UnknownRoles => "unknown-roles",
         }
     }
 }
@@ -143,11 +153,14 @@ impl TestPki {
             .into_iter()
             .map(|cert| {
                 let issued = match cert {
-                    Cert::Admin => issue(&ca, Some(Role::Admin)),
-                    Cert::Operator => issue(&ca, Some(Role::Operator)),
-                    Cert::Reader => issue(&ca, Some(Role::Reader)),
-                    Cert::NoOrganization => issue(&ca, None),
-                    Cert::OtherCa => issue(&other_ca, Some(Role::Admin)),
+                    Cert::Admin => issue(&ca, [Role::Admin].into_iter().collect()),
+                    Cert::Operator => issue(&ca, [Role::Operator].into_iter().collect()),
+                    Cert::Reader => issue(&ca, [Role::Reader].into_iter().collect()),
+                    Cert::NoOrganization => issue(&ca, RoleSet::default()),
+                    Cert::OtherCa => issue(&other_ca, [Role::Admin].into_iter().collect()),
+                    // basalt-pki writes whatever roles it is given; `basaltctl gen` is what
+                    // refuses unknown ones.
+                    Cert::UnknownRoles => issue(&ca, RoleSet::parse(["os:future", "admin"])),
                     Cert::Expired => odd_admin(
                         &ca,
                         now - 48 * hour,
@@ -169,6 +182,7 @@ impl TestPki {
                             ExtendedKeyUsagePurpose::ClientAuth,
                         ],
                     ),
+                    Cert::NoEku => odd_admin(&ca, now - hour, now + 24 * hour, &[]),
                 };
                 let cert_path = dir.join(format!("{}.crt", cert.name()));
                 let key_path = dir.join(format!("{}.key", cert.name()));
@@ -223,17 +237,18 @@ impl TestPki {
     }
 }
 
-/// A good client certificate from `ca`: EKU clientAuth only, O = `role` (or none).
-fn issue(ca: &CertificateAuthority, role: Option<Role>) -> IssuedCert {
+/// A client certificate from `ca`: EKU clientAuth only, one Organization per role.
+fn issue(ca: &CertificateAuthority, roles: RoleSet) -> IssuedCert {
     ca.issue_client(&ClientCertRequest {
         common_name: Some("e2e".to_owned()),
-        roles: role.into_iter().collect::<RoleSet>(),
+        roles,
         ttl: CLIENT_TTL,
     })
     .expect("issue a client certificate")
 }
 
-/// An `O=os:admin` certificate signed by `ca` with validity and EKU basalt-pki would refuse.
+/// An `O=os:admin` certificate signed by `ca` with validity and EKUs basalt-pki would refuse;
+/// no EKUs means no EKU extension at all.
 fn odd_admin(
     ca: &CertificateAuthority,
     not_before: OffsetDateTime,

@@ -198,3 +198,95 @@ fn forge_roles<T>(request: &mut Request<T>) {
     metadata.append("talos-role", "os:operator".parse().unwrap());
     metadata.insert("basalt-caller", "forged".parse().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_unknown_roles_connect_but_grant_nothing() {
+    within_test_deadline(async {
+        let node = Node::start().await;
+        let outcome = net::probe_tls(node.apid_addr(), node.tls(Some(Cert::UnknownRoles))).await;
+        assert_eq!(
+            outcome,
+            Outcome::Accepted,
+            "a valid certificate with unknown roles still authenticates{}",
+            node.log_tail()
+        );
+
+        let denied = node
+            .client(Cert::UnknownRoles)
+            .await
+            .version(())
+            .await
+            .expect_err("os:future and admin are no roles: Version is denied");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        // The denial names what the certificate holds, so its owner sees why.
+        for needle in ["os:future", "admin"] {
+            assert!(
+                denied.message().contains(needle),
+                "the denial should name {needle:?}: {:?}",
+                denied.message()
+            );
+        }
+        // apid keeps serving the known roles.
+        node.client(Cert::Reader)
+            .await
+            .version(())
+            .await
+            .unwrap_or_else(|status| panic!("Version as reader: {status:?}{}", node.log_tail()));
+        node.shutdown().await;
+    })
+    .await;
+}
+
+/// Calls `path`, which no service defines, with an empty message as `cert`.
+async fn call_unknown_method(node: &Node, cert: Cert, path: &'static str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(node.channel(cert).await);
+    grpc.ready().await.expect("channel ready");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    grpc.unary(
+        Request::new(()),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .expect_err("nothing serves an unknown method")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_method_is_admin_only_and_then_unimplemented() {
+    within_test_deadline(async {
+        let node = Node::start().await;
+        const UNKNOWN: &str = "/foo.Bar/Baz";
+
+        // Methods outside the rule table fall back to admin-only (Talos's default).
+        let reader = call_unknown_method(&node, Cert::Reader, UNKNOWN).await;
+        assert_eq!(reader.code(), Code::PermissionDenied, "{reader:?}");
+        assert!(
+            reader.message().contains(UNKNOWN) && reader.message().contains("os:admin"),
+            "{:?}",
+            reader.message()
+        );
+
+        // An admin gets through apid, and machined says it does not serve the method.
+        let admin = call_unknown_method(&node, Cert::Admin, UNKNOWN).await;
+        assert_eq!(
+            admin.code(),
+            Code::Unimplemented,
+            "{admin:?}{}",
+            node.log_tail()
+        );
+        assert!(
+            admin.message().contains(UNKNOWN),
+            "the answer should name the method: {:?}",
+            admin.message()
+        );
+
+        // Both answers were gRPC statuses on a working connection: Version still answers.
+        node.client(Cert::Admin)
+            .await
+            .version(())
+            .await
+            .unwrap_or_else(|status| panic!("Version as admin: {status:?}{}", node.log_tail()));
+        node.shutdown().await;
+    })
+    .await;
+}

@@ -25,11 +25,12 @@ async fn bad_client_certificates_are_refused_at_the_handshake() {
         // Another cluster's CA has the same subject as ours (O=talos, as Talos makes it), so
         // the chain builder takes our CA as the issuer by name and the signature check fails:
         // DecryptError rather than UnknownCA.
-        let cases: [(Option<Cert>, Option<&str>); 5] = [
+        let cases: [(Option<Cert>, Option<&str>); 6] = [
             (Some(Cert::OtherCa), Some("DecryptError")),
             (Some(Cert::Expired), Some("CertificateExpired")),
             (Some(Cert::NotYetValid), Some("CertificateExpired")),
             (Some(Cert::ServerAndClientEku), None),
+            (Some(Cert::NoEku), None),
             (None, Some("CertificateRequired")),
         ];
         for (cert, alert) in cases {

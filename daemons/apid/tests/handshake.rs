@@ -110,6 +110,25 @@ async fn a_certificate_that_is_also_for_servers_is_refused() {
 }
 
 #[tokio::test]
+async fn a_certificate_without_an_eku_extension_is_refused() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let now = OffsetDateTime::now_utc();
+        // No EKU extension means "any purpose" to X.509; apid wants exactly clientAuth.
+        let any_purpose = pki.rcgen_client(
+            &["os:admin"],
+            Vec::new(),
+            now - time::Duration::hours(1),
+            now + time::Duration::hours(1),
+        );
+        refused(&apid, &pki, Some(&any_purpose), HandshakeFailure::BadEku).await;
+        apid.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn no_client_certificate_is_refused() {
     within_deadline(async {
         let pki = Pki::new();

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use basalt_api::machine::machine_service_client::MachineServiceClient;
 use basalt_pki::KeyAlgorithm;
-use support::{Pki, TOKEN, Trustd, certificate, channel, within_deadline, worker_csr};
+use support::{Pki, TOKEN, Trustd, certificate, channel, openssl, within_deadline, worker_csr};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -57,6 +57,40 @@ async fn p256_csr_to_an_ed25519_ca_is_invalid_argument_naming_both_key_types() {
             status.message(),
             "CSR key type ecdsa-p256 does not match the CA key type ed25519"
         );
+        trustd.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_rsa_csr_from_openssl_is_invalid_argument_and_trustd_keeps_signing() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let trustd = Trustd::start(&pki).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        openssl(
+            dir.path(),
+            &[
+                "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-subj",
+                "/CN=worker-1", "-out", "csr.pem",
+            ],
+        );
+        let rsa = std::fs::read(dir.path().join("csr.pem")).expect("csr");
+        let status = certificate(&mut trustd.client(), rsa, Some(TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "unsupported key algorithm RSA (1.2.840.113549.1.1.1): basalt uses ed25519 or ecdsa-p256 keys"
+        );
+        assert!(trustd.journal().is_empty());
+
+        // Nothing was torn: the next good CSR is signed and journaled.
+        certificate(&mut trustd.client(), csr(), Some(TOKEN))
+            .await
+            .expect("a good CSR after the RSA one");
+        assert_eq!(trustd.journal().len(), 1);
         trustd.stop().await;
     })
     .await;

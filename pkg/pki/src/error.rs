@@ -148,7 +148,7 @@ pub enum Error {
     },
 
     /// A key algorithm name or public-key type is not Ed25519 or ECDSA P-256.
-    #[error("unsupported key algorithm {name}")]
+    #[error("unsupported key algorithm {name}: basalt uses ed25519 or ecdsa-p256 keys")]
     UnsupportedKeyAlgorithm {
         /// The name or OID that was given.
         name: String,

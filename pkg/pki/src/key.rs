@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 use rcgen::{KeyPair, PublicKeyData};
 use rustls_pki_types::PrivatePkcs8KeyDer;
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+};
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::der::{self, tag};
@@ -73,9 +75,13 @@ impl KeyAlgorithm {
                 }),
             };
         }
-        Err(Error::UnsupportedKeyAlgorithm {
-            name: alg.algorithm.to_id_string(),
-        })
+        let oid = alg.algorithm.to_id_string();
+        let name = if alg.algorithm == OID_PKCS1_RSAENCRYPTION {
+            format!("RSA ({oid})")
+        } else {
+            oid
+        };
+        Err(Error::UnsupportedKeyAlgorithm { name })
     }
 }
 
