@@ -124,7 +124,9 @@ def main():
       "`talos-role: os:admin` (trusted because our uid is on machined's allow-list).")
     w("- One persistent HTTP/2 connection shared by all workers (as talosctl does), unless the "
       "row says new connection. apid's per-client limits are raised for the run "
-      "(`machine.apidLimits`), since every call comes from one certificate.")
+      "(`machine.apidLimits`), since every call comes from one certificate. The load "
+      "generator runs its workers on one thread (since 2026-12-03T18:40Z; before, on two, "
+      "which cost about twice the client CPU per call and slowed the direct path most).")
     w("")
     w("Commands (what `hack/bench.sh` runs; PORT, PIDS and paths are filled in by the script):")
     w("")
