@@ -59,7 +59,7 @@ async fn an_expired_certificate_is_refused() {
         let apid = Apid::start(&pki).await;
         let now = OffsetDateTime::now_utc();
         let expired = pki.rcgen_client(
-            &["os:admin"],
+            "os:admin",
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             now - time::Duration::days(2),
             now - time::Duration::days(1),
@@ -77,7 +77,7 @@ async fn a_certificate_not_yet_valid_is_refused() {
         let apid = Apid::start(&pki).await;
         let now = OffsetDateTime::now_utc();
         let future = pki.rcgen_client(
-            &["os:admin"],
+            "os:admin",
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             now + time::Duration::days(1),
             now + time::Duration::days(2),
@@ -95,7 +95,7 @@ async fn a_certificate_that_is_also_for_servers_is_refused() {
         let apid = Apid::start(&pki).await;
         let now = OffsetDateTime::now_utc();
         let both = pki.rcgen_client(
-            &["os:admin"],
+            "os:admin",
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -117,7 +117,7 @@ async fn a_certificate_without_an_eku_extension_is_refused() {
         let now = OffsetDateTime::now_utc();
         // No EKU extension means "any purpose" to X.509; apid wants exactly clientAuth.
         let any_purpose = pki.rcgen_client(
-            &["os:admin"],
+            "os:admin",
             Vec::new(),
             now - time::Duration::hours(1),
             now + time::Duration::hours(1),

@@ -104,10 +104,11 @@ impl Pki {
         client_cert(&self.ca, roles)
     }
 
-    /// A leaf made with rcgen, for what basalt-pki refuses to issue.
+    /// An `O=<role>` leaf made with rcgen, for what basalt-pki refuses to issue. One role only:
+    /// rcgen keeps one value per attribute type.
     pub fn rcgen_client(
         &self,
-        roles: &[&str],
+        role: &str,
         ekus: Vec<ExtendedKeyUsagePurpose>,
         not_before: time::OffsetDateTime,
         not_after: time::OffsetDateTime,
@@ -117,11 +118,9 @@ impl Pki {
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        for role in roles {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, *role);
-        }
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, role);
         params.distinguished_name.push(DnType::CommonName, "rcgen");
         params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = ekus;
