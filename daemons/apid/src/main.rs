@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use apid::{Error, Server};
 use basalt_config::ApidConfig;
-use basalt_daemon::{LogFormat, exit, init_telemetry};
+use basalt_daemon::{LogFormat, exit, parse_flags, start_telemetry};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
@@ -33,22 +33,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match parse_flags() {
         Ok(args) => args,
-        Err(err) => {
-            let _ = err.print();
-            return match err.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
-                }
-                _ => ExitCode::from(exit::USAGE),
-            };
-        }
+        Err(code) => return code,
     };
-    if let Err(err) = init_telemetry(args.log_format, std::env::var("BASALT_LOG").ok().as_deref()) {
-        // No subscriber yet: stderr is the only place left to say why.
-        eprintln!("apid: {:#}", anyhow::Error::from(err));
-        return ExitCode::from(exit::USAGE);
+    let filter = std::env::var("BASALT_LOG").ok();
+    if let Err(code) = start_telemetry("apid", args.log_format, filter.as_deref()) {
+        return code;
     }
     basalt_pki::install_crypto_provider();
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use basalt_config::MachineConfig;
-use basalt_daemon::{LogFormat, exit, init_telemetry};
+use basalt_daemon::{LogFormat, exit, parse_flags, start_telemetry};
 use clap::Parser;
 use machined::{
     AllowedUids, ApidLaunch, Backoff, Config, ConfigStore, ConfigStoreOptions, DenyRule,
@@ -96,19 +96,13 @@ fn parse_cert_ttl(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_flags() {
         Ok(cli) => cli,
-        Err(err) => {
-            let code = if err.use_stderr() { exit::USAGE } else { 0 };
-            // clap prints help/version to stdout and usage errors to stderr.
-            let _ = err.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
-    if let Err(err) = init_telemetry(cli.log_format, std::env::var("BASALT_LOG").ok().as_deref()) {
-        // No subscriber yet: stderr is the only place left to say why.
-        eprintln!("machined: {:#}", anyhow::Error::from(err));
-        return ExitCode::from(exit::USAGE);
+    let filter = std::env::var("BASALT_LOG").ok();
+    if let Err(code) = start_telemetry("machined", cli.log_format, filter.as_deref()) {
+        return code;
     }
 
     let setup = match Setup::load(&cli) {

@@ -59,6 +59,40 @@ fn an_unknown_flag_exits_64() {
     assert_eq!(output.status.code(), Some(64));
 }
 
+#[test]
+fn help_and_version_go_to_stdout_and_exit_0() {
+    for flag in ["--help", "--version"] {
+        let output = Command::new(MACHINED)
+            .arg(flag)
+            .output()
+            .expect("run machined");
+        assert!(output.status.success(), "{flag}: {output:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("machined"),
+            "{flag}: {output:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_log_filter_exits_64_and_quotes_it() {
+    let dir = short_tempdir();
+    let output = Command::new(MACHINED)
+        .arg("--config")
+        .arg(dir.path().join("absent.yaml"))
+        .arg("--state")
+        .arg(dir.path())
+        .env("BASALT_LOG", "info,=[")
+        .output()
+        .expect("run machined");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("machined: BASALT_LOG=\"info,=[\" is not a valid log filter: "),
+        "stderr: {stderr}"
+    );
+}
+
 fn write_control_plane_config(dir: &std::path::Path) -> std::path::PathBuf {
     use basalt_config::{BundleCerts, CertAndKey, MachineConfig, SecretsBundle};
     let ca =

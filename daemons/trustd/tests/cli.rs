@@ -107,6 +107,19 @@ fn missing_config_and_bad_flags_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     let out = Command::new(TRUSTD).arg("--bogus").output().expect("run");
     assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(TRUSTD)
+        .args(["--config", "/nonexistent/trustd.yaml"])
+        .env("BASALT_LOG", "info,=[")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("trustd: BASALT_LOG=\"info,=[\" is not a valid log filter"),
+        "{stderr}"
+    );
+    let out = Command::new(TRUSTD).arg("--version").output().expect("run");
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[tokio::test]

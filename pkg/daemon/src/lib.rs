@@ -1,10 +1,11 @@
-//! Process scaffolding shared by the three daemons' `main.rs`: the log format flag, telemetry
-//! initialisation and exit codes.
+//! Process scaffolding shared by the three daemons' `main.rs`: flag parsing, the log format
+//! flag, telemetry initialisation and exit codes.
 //!
 //! It holds no gRPC and no config schemas, and it never reads the process environment itself:
 //! `main` reads `BASALT_LOG` and passes it in (STYLE §4).
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +44,40 @@ pub enum TelemetryError {
     /// A global subscriber was already installed.
     #[error("install the log subscriber: {0}")]
     Install(String),
+}
+
+/// Parses the command line into `T`. On `--help` or `--version` clap's text goes to stdout and
+/// the error is the exit code 0; on a usage error clap's message goes to stderr and the error is
+/// [`exit::USAGE`].
+pub fn parse_flags<T: clap::Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|err| {
+        let _ = err.print();
+        if err.use_stderr() {
+            ExitCode::from(exit::USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// [`init_telemetry`] for `daemon`'s `main`: on failure there is no subscriber yet, so the reason
+/// goes to stderr as `<daemon>: <error>` and the error is [`exit::USAGE`].
+pub fn start_telemetry(
+    daemon: &str,
+    format: LogFormat,
+    filter: Option<&str>,
+) -> Result<(), ExitCode> {
+    init_telemetry(format, filter).map_err(|err| {
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        eprintln!("{daemon}: {message}");
+        ExitCode::from(exit::USAGE)
+    })
 }
 
 /// Installs the global tracing subscriber writing to stderr, filtered by `filter` (the value of
