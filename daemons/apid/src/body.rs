@@ -98,7 +98,9 @@ impl Inner {
                             let _ = recv.flow_control().release_capacity(data.len());
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
-                        Some(Err(err)) => return Poll::Ready(Some(Err(crate::error::chain(&err)))),
+                        Some(Err(err)) => {
+                            return Poll::Ready(Some(Err(basalt_daemon::error_chain(&err))));
+                        }
                         None => *data_done = true,
                     }
                 }
@@ -108,7 +110,7 @@ impl Inner {
                         Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                     }
                     Ok(None) => Poll::Ready(None),
-                    Err(err) => Poll::Ready(Some(Err(crate::error::chain(&err)))),
+                    Err(err) => Poll::Ready(Some(Err(basalt_daemon::error_chain(&err)))),
                 }
             }
             Inner::Local(body) => Pin::new(body)

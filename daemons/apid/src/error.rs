@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use basalt_authz::Denial;
+use basalt_daemon::error_chain;
 use basalt_grpc::{FrameTooLarge, ReloadError};
 use tonic::Status;
 
@@ -173,10 +174,10 @@ impl From<Error> for Status {
             // "machined stopped" from "wrong socket path"; no secrets are involved.
             Error::MachinedUnreachable { ref source, .. }
             | Error::NodeUnreachable { ref source, .. } => {
-                Status::unavailable(format!("{err}: {}", chain(source.as_ref())))
+                Status::unavailable(format!("{err}: {}", error_chain(source.as_ref())))
             }
             Error::RequestBody(ref source) => {
-                Status::cancelled(format!("{err}: {}", chain(source.as_ref())))
+                Status::cancelled(format!("{err}: {}", error_chain(source.as_ref())))
             }
             // Overload / limits.
             Error::RequestTooLarge(too_large) => Status::resource_exhausted(format!(
@@ -201,22 +202,6 @@ impl From<Error> for Status {
             | Error::Reflection(_)) => basalt_grpc::internal(&err),
         }
     }
-}
-
-/// `a: b: c` for an error and its sources.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // hyper and tonic often repeat the inner message in the outer one.
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ impl RemoteApids {
                             "Cannot load the forwarding credentials; keeping the previous ones"
                         );
                         if state.config.is_none() {
-                            state.load_error = Some(crate::error::chain(err.as_ref()));
+                            state.load_error = Some(basalt_daemon::error_chain(err.as_ref()));
                             return Err(err);
                         }
                     }

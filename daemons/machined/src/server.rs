@@ -32,7 +32,7 @@ use crate::pki_reconcile::{self, ConfigFeed};
 use crate::procfs::{ProcFs, ProcessUnits};
 use crate::revocation::{APID_REVOCATION_FILE, ProtectedCert, RevocationStore};
 use crate::services::RevocationApi;
-use crate::services::{CertificateApi, ConfigApi, Diagnostics, MachineApi, VersionFacts, chain};
+use crate::services::{CertificateApi, ConfigApi, Diagnostics, MachineApi, VersionFacts};
 use crate::supervise::{ServiceManager, ServiceSpec};
 use crate::trustd::{self as trustd_files, TrustdFiles};
 
@@ -148,7 +148,7 @@ impl Server {
             let store = store.clone();
             lifecycle.on_boot(
                 "activateStagedConfig",
-                Arc::new(move || store.boot().map_err(|err| chain(&err))),
+                Arc::new(move || store.boot().map_err(|err| basalt_daemon::error_chain(&err))),
             );
         }
         if let (Some(store), Some((launch, _, hostname))) = (&config_store, &apid) {
@@ -165,10 +165,11 @@ impl Server {
                 Arc::new(move || {
                     let machine = store.current().config.clone();
                     apid::prepare(&machine, &state_dir, &hostname, &socket)
-                        .map_err(|err| format!("apid: {}", chain(&err)))?;
+                        .map_err(|err| format!("apid: {}", basalt_daemon::error_chain(&err)))?;
                     if runs_trustd && machine.ca_key().is_some() {
-                        trustd_files::prepare(&machine, &state_dir, &hostname)
-                            .map_err(|err| format!("trustd: {}", chain(&err)))?;
+                        trustd_files::prepare(&machine, &state_dir, &hostname).map_err(|err| {
+                            format!("trustd: {}", basalt_daemon::error_chain(&err))
+                        })?;
                     }
                     Ok(())
                 }),

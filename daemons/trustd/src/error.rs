@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use basalt_daemon::error_chain;
 use basalt_grpc::ReloadError;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -271,9 +272,9 @@ impl From<Error> for Status {
                 Status::invalid_argument(err.to_string())
             }
             Error::ParseCsr(ref source) => {
-                Status::invalid_argument(format!("failed to parse CSR: {}", chain(source)))
+                Status::invalid_argument(format!("failed to parse CSR: {}", error_chain(source)))
             }
-            Error::PolicyRefused(ref source) => Status::invalid_argument(chain(source)),
+            Error::PolicyRefused(ref source) => Status::invalid_argument(error_chain(source)),
             // Our fault: the chain goes to the log, the caller gets a generic message.
             err @ (Error::Sign(_)
             | Error::ReadIssued(_)
@@ -301,18 +302,6 @@ pub(crate) fn secs(d: Duration) -> u64 {
     } else {
         whole
     }
-}
-
-/// `a: b: c` for an error and its sources.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Process scaffolding shared by the three daemons' `main.rs`: flag parsing, the log format
-//! flag, telemetry initialisation and exit codes.
+//! Process scaffolding shared by the three daemons: flag parsing, the log format flag, telemetry
+//! initialisation, exit codes, and the one way an error and its sources become a line of text.
 //!
 //! It holds no gRPC and no config schemas, and it never reads the process environment itself:
 //! `main` reads `BASALT_LOG` and passes it in (STYLE §4).
@@ -68,16 +68,26 @@ pub fn start_telemetry(
     filter: Option<&str>,
 ) -> Result<(), ExitCode> {
     init_telemetry(format, filter).map_err(|err| {
-        let mut message = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        eprintln!("{daemon}: {message}");
+        eprintln!("{daemon}: {}", error_chain(&err));
         ExitCode::from(exit::USAGE)
     })
+}
+
+/// `a: b: c` for an error and its sources (anyhow's `{:#}`), for log lines, statuses and events.
+/// A source whose text the message already holds is skipped: hyper and tonic often repeat the
+/// inner message in the outer one.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Installs the global tracing subscriber writing to stderr, filtered by `filter` (the value of
@@ -111,5 +121,29 @@ mod tests {
     fn a_bad_filter_is_refused_with_its_text() {
         let err = init_telemetry(LogFormat::Plain, Some("info,=[")).unwrap_err();
         assert!(err.to_string().contains("info,=["), "{err}");
+    }
+
+    #[test]
+    fn the_chain_joins_sources_and_skips_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Leaf(&'static str);
+        #[derive(Debug, thiserror::Error)]
+        #[error("{text}")]
+        struct Wrap {
+            text: &'static str,
+            #[source]
+            source: Leaf,
+        }
+        let err = Wrap {
+            text: "read config",
+            source: Leaf("no such file"),
+        };
+        assert_eq!(error_chain(&err), "read config: no such file");
+        let repeated = Wrap {
+            text: "connect: refused",
+            source: Leaf("refused"),
+        };
+        assert_eq!(error_chain(&repeated), "connect: refused");
     }
 }

@@ -396,7 +396,7 @@ impl Node {
                 send_buffered(sender, head, self.body.clone())
                     .await
                     .map_err(|err| {
-                        NodeError::new(Code::Unavailable, crate::error::chain(err.as_ref()))
+                        NodeError::new(Code::Unavailable, basalt_daemon::error_chain(err.as_ref()))
                     })
             }
             false => {
@@ -437,7 +437,7 @@ impl Node {
             format!(
                 "the stream from {} broke: {}",
                 self.target.target.name,
-                crate::error::chain(err)
+                basalt_daemon::error_chain(err)
             ),
         )
     }

@@ -477,7 +477,10 @@ impl Inner {
                         error = &err as &dyn std::error::Error,
                         "Reset could not wipe the state directory"
                     );
-                    error = Some(format!("wipe the state directory: {}", chain(&err)));
+                    error = Some(format!(
+                        "wipe the state directory: {}",
+                        basalt_daemon::error_chain(&err)
+                    ));
                 }
             }
         }
@@ -530,7 +533,7 @@ impl Inner {
                             "Cannot {} the machine",
                             kind.as_str()
                         );
-                        chain(&err)
+                        basalt_daemon::error_chain(&err)
                     }
                     Err(join) => format!("the {} task failed: {join}", kind.as_str()),
                 };
@@ -568,7 +571,10 @@ impl Inner {
                 error = &err as &dyn std::error::Error,
                 "Cannot store the new boot id"
             );
-            errors.push(format!("store the new boot id: {}", chain(&err)));
+            errors.push(format!(
+                "store the new boot id: {}",
+                basalt_daemon::error_chain(&err)
+            ));
         }
         self.sequence("boot", Action::Start, None, actor);
         self.stage(MachineStage::Booting, &self.services.not_ready(), actor);
@@ -660,18 +666,6 @@ fn new_actor_id() -> Result<String, Error> {
         path: std::path::PathBuf::from("/dev/urandom"),
         source,
     })
-}
-
-/// `err` and its sources, `: `-separated, for event texts.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -180,7 +180,7 @@ fn accepted_cas(machine: &MachineConfig) -> Vec<AcceptedCa> {
 fn read_leaf(path: &Path) -> Result<Vec<u8>, String> {
     let pem = std::fs::read(path).map_err(|err| format!("cannot read: {err}"))?;
     let certs = basalt_pki::certificates_from_pem(&pem)
-        .map_err(|err| format!("cannot parse: {}", super::chain(&err)))?;
+        .map_err(|err| format!("cannot parse: {}", basalt_daemon::error_chain(&err)))?;
     certs
         .into_iter()
         .next()
@@ -196,7 +196,7 @@ fn describe(role: &str, source: String, der: &[u8], cas: &[AcceptedCa]) -> Certi
             return failed(
                 role,
                 source,
-                format!("cannot parse: {}", super::chain(&err)),
+                format!("cannot parse: {}", basalt_daemon::error_chain(&err)),
             );
         }
     };

@@ -172,7 +172,7 @@ impl ConfigApi {
     /// `ConfigValidationErrorEvent`.
     fn validate(&self, yaml: &str) -> Result<MachineConfig, Error> {
         MachineConfig::from_yaml(yaml)
-            .map_err(|err| chain(&err))
+            .map_err(|err| basalt_daemon::error_chain(&err))
             // A CA machined cannot issue from would leave the node's certificates unrenewable.
             .and_then(|config| crate::pki_reconcile::check_issuing_ca(&config).map(|()| config))
             .map_err(|reason| {
@@ -459,7 +459,7 @@ impl ConfigService for ConfigApi {
         let config = MachineConfig::from_yaml(&yaml).map_err(|err| Error::InvalidArgument {
             reason: format!(
                 "stored version {version} no longer validates: {}",
-                chain(&err)
+                basalt_daemon::error_chain(&err)
             ),
         })?;
         let outcome = self
@@ -624,18 +624,6 @@ fn config_version(entry: HistoryEntry) -> ConfigVersion {
         try_deadline: try_deadline.map(prost_types::Timestamp::from),
         note: info.note,
     }
-}
-
-/// An error and its sources, `: `-separated (validation problems stay one per line).
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `time` without its fraction of a second, for messages.

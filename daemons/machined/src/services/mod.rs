@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 pub(crate) use self::certs::CertificateApi;
-pub(crate) use self::config::{ConfigApi, chain};
+pub(crate) use self::config::ConfigApi;
 pub(crate) use self::diagnostics::Diagnostics;
 pub use self::diagnostics::{GENERATE_MAX_COUNT, GENERATE_MAX_SIZE};
 pub(crate) use self::machine::{MachineApi, VersionFacts};
