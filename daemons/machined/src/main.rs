@@ -124,7 +124,15 @@ fn main() -> ExitCode {
         );
     }
 
+    // One worker. machined's async work is API calls and supervision, and all of it waits on
+    // I/O; whatever blocks or computes runs on the blocking pool. With a worker per core, a call
+    // hops between workers, and every hop is a wake-up. On 2 cores (docs/BENCHMARKS.md), one
+    // worker cut machined's CPU per call at 16 in flight from 27–30 to 16–20 µs. Throughput at
+    // 16 in flight rose 36–50% direct and 1–35% through apid, and nothing measurable changed at
+    // 1 in flight. A current-thread runtime did worse: it halved direct throughput at 16 in
+    // flight.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
