@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use basalt_grpc::{LimitedBody, MAX_MESSAGE_SIZE};
+use basalt_grpc::{LimitedBody, MAX_MESSAGE_SIZE, ReadInterestUnixStream};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, SendStream};
@@ -128,6 +128,8 @@ impl Machined {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket))
             .await
             .map_err(|elapsed| Box::new(elapsed) as BoxError)??;
+        // Registered for reads only: machined reading a request would otherwise wake apid.
+        let stream = ReadInterestUnixStream::new(stream)?;
         let connection = handshake(stream, "machined").await?;
         debug!(machined.socket = %self.socket.display(), "Connected to machined");
         Ok(connection)

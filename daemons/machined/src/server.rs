@@ -9,9 +9,11 @@ use basalt_api::basalt::v1::config_service_server::ConfigServiceServer;
 use basalt_api::basalt::v1::diagnostics_service_server::DiagnosticsServiceServer;
 use basalt_api::basalt::v1::revocation_service_server::RevocationServiceServer;
 use basalt_api::machine::machine_service_server::MachineServiceServer;
+use basalt_grpc::ReadInterestUnixStream;
 use basalt_sys::Host;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::Error;
@@ -416,11 +418,13 @@ impl Bound {
             .add_service(CertificateServiceServer::new(certificates));
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve =
-            router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                // Either a send or the sender being dropped starts the drain.
-                let _ = drain_rx.await;
-            });
+        // Registered for reads only: apid reading a reply would otherwise wake machined.
+        let incoming = UnixListenerStream::new(listener)
+            .map(|accepted| accepted.and_then(ReadInterestUnixStream::new));
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            // Either a send or the sender being dropped starts the drain.
+            let _ = drain_rx.await;
+        });
         tokio::pin!(serve);
         // A container-mode Shutdown (or Reset without reboot) ends machined like the signal.
         let halted = lifecycle.halted();

@@ -14,6 +14,8 @@
 //!   32 MiB message limit ([`MAX_MESSAGE_SIZE`]) on payloads that are never decoded.
 //! - [`metrics`]: a bounded `GET /metrics` endpoint (plain HTTP/1.1) and a Prometheus text
 //!   encoder; each daemon supplies what to render.
+//! - [`unix`]: the unix stream of the link between apid and machined, used at both ends; it
+//!   is registered with the reactor for reads only ([`ReadInterestUnixStream`]).
 //! - [`internal`]: the one way to turn an unexpected error into a gRPC `Internal` status
 //!   without leaking its text.
 //!
@@ -28,6 +30,7 @@ pub mod frame;
 pub mod metrics;
 pub mod reload;
 pub mod tls;
+pub mod unix;
 
 pub use crate::frame::{
     FrameScanner, FrameTooLarge, LimitedBody, LimitedBodyError, MAX_MESSAGE_SIZE,
@@ -39,6 +42,7 @@ pub use crate::tls::{
     Admission, Admitted, HandshakeFailure, HandshakeStats, HandshakeStatsHandle, TlsAcceptLoop,
     TlsConnection,
 };
+pub use crate::unix::ReadInterestUnixStream;
 
 /// Turns an error nobody expected into `Internal`: the whole chain goes to the log at error
 /// level, the peer gets a generic message (STYLE §3: internals never leak to callers).
