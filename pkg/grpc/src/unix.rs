@@ -104,8 +104,8 @@ impl AsyncRead for ReadInterestUnixStream {
         let socket = &self.get_mut().socket;
         loop {
             let mut ready = ready!(socket.poll_read_ready(cx))?;
-            // Zeroes what of the buffer is not initialized yet (a few KiB at most): tokio's
-            // own streams read into it uninitialized, which takes `unsafe`.
+            // Zeroes the part of the buffer not initialized yet, on every read. tokio's own
+            // streams skip that by reading into uninitialized memory, which takes `unsafe`.
             let unfilled = buf.initialize_unfilled();
             if let Ok(read) = ready.try_io(|socket| socket.get_ref().read(unfilled)) {
                 buf.advance(read?);
