@@ -107,8 +107,15 @@ impl AsyncRead for ReadInterestUnixStream {
             // Zeroes the part of the buffer not initialized yet, on every read. tokio's own
             // streams skip that by reading into uninitialized memory, which takes `unsafe`.
             let unfilled = buf.initialize_unfilled();
+            let wanted = unfilled.len();
             if let Ok(read) = ready.try_io(|socket| socket.get_ref().read(unfilled)) {
-                buf.advance(read?);
+                let read = read?;
+                // A short read emptied the socket: skip the read that would only say so
+                // (tokio's own streams do the same). The next message is a new edge.
+                if read > 0 && read < wanted {
+                    ready.clear_ready();
+                }
+                buf.advance(read);
                 return Poll::Ready(Ok(()));
             }
         }
@@ -175,6 +182,27 @@ mod tests {
         let mut rest = Vec::new();
         theirs.read_to_end(&mut rest).await.expect("end of file");
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_after_a_short_read_still_wakes_the_reader() {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let mut ours = ReadInterestUnixStream::new(ours).expect("register");
+        let mut buf = [0; 64];
+        theirs.write_all(b"first").await.expect("write");
+        // Shorter than the buffer: readiness is cleared without a read that finds nothing.
+        assert_eq!(ours.read(&mut buf).await.expect("read"), 5);
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            theirs.write_all(b"second").await.expect("write");
+            theirs
+        });
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), ours.read(&mut buf))
+            .await
+            .expect("the second message woke the reader")
+            .expect("read");
+        assert_eq!(&buf[..read], b"second");
+        drop(writer.await.expect("writer"));
     }
 
     #[tokio::test]
