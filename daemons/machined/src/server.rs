@@ -418,9 +418,20 @@ impl Bound {
             .add_service(CertificateServiceServer::new(certificates));
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        // Registered for reads only: apid reading a reply would otherwise wake machined.
-        let incoming = UnixListenerStream::new(listener)
-            .map(|accepted| accepted.and_then(ReadInterestUnixStream::new));
+        // Registered for reads only: apid reading a reply would otherwise wake machined. A
+        // connection that cannot be registered is closed and the server keeps accepting (tonic
+        // skips errors of the incoming stream); only that failure is logged here, since accept
+        // errors repeat while they last.
+        let incoming = UnixListenerStream::new(listener).map(|accepted| {
+            accepted.and_then(|stream| {
+                ReadInterestUnixStream::new(stream).inspect_err(|err| {
+                    tracing::warn!(
+                        error = err as &dyn std::error::Error,
+                        "Cannot register an accepted connection with the reactor; closed it"
+                    );
+                })
+            })
+        });
         let serve = router.serve_with_incoming_shutdown(incoming, async move {
             // Either a send or the sender being dropped starts the drain.
             let _ = drain_rx.await;
