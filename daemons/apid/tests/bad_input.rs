@@ -9,13 +9,20 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apid::HandshakeFailure;
+use bytes::Bytes;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::SignatureScheme;
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use support::{Apid, CertKey, Pki, machine_client, tls_connector, version, within_deadline};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -127,6 +134,101 @@ async fn a_self_signed_client_certificate_is_refused() {
         };
         refused_at_handshake(&apid, &pki, &client).await;
         assert_eq!(apid.failed(HandshakeFailure::UnknownCa), 1);
+        still_serves(&apid, &pki).await;
+        backend.stop().await;
+        apid.stop().await;
+    })
+    .await;
+}
+
+/// Presents `der` as the client certificate, whatever it holds: rustls's own client would
+/// refuse to load a certificate it cannot parse.
+#[derive(Debug)]
+struct RawClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for RawClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// One handshake presenting `der` with `key`; returns whether apid accepted it (a call's worth
+/// of bytes could be read back instead of an alert).
+async fn handshake_with_raw_cert(
+    apid: &Apid,
+    pki: &Pki,
+    der: Vec<u8>,
+    key: &Arc<dyn rustls::sign::SigningKey>,
+) -> bool {
+    let mut config = basalt_pki::client_config(pki.ca_pem().as_bytes(), None).expect("config");
+    config.client_auth_cert_resolver = Arc::new(RawClientCert(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(der)],
+        key.clone(),
+    ))));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let Ok(mut tls) = support::tls_connect(apid.addr, &connector).await else {
+        return false;
+    };
+    // TLS 1.3: the client finishes first; a refusal arrives as an alert on the first read.
+    exchange_prefaces_if_accepted(&mut tls).await
+}
+
+/// Sends the HTTP/2 preface; true if apid answers with its SETTINGS rather than an alert.
+async fn exchange_prefaces_if_accepted<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S) -> bool {
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    if tls.write_all(&hello).await.is_err() {
+        return false;
+    }
+    matches!(read_frame(tls).await, Some(f) if f.kind == SETTINGS)
+}
+
+#[tokio::test]
+async fn mangled_client_certificates_are_refused_at_the_handshake() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let backend = apid.backend().await;
+        let admin = pki.client(&["os:admin"]);
+        let der = basalt_pki::certificates_from_pem(admin.cert.as_bytes())
+            .expect("pem")
+            .remove(0)
+            .to_vec();
+        let key = PrivateKeyDer::from_pem_slice(admin.key.as_bytes()).expect("key");
+        let key = rustls::crypto::ring::sign::any_supported_type(&key).expect("signing key");
+
+        // The control: the same certificate and key, unmangled, are accepted.
+        assert!(handshake_with_raw_cert(&apid, &pki, der.clone(), &key).await);
+
+        // Truncated at a spread of lengths, and one bit flipped at every 5th byte (a different
+        // bit each time): inside the outer header, the signed part, the algorithm and the
+        // signature alike.
+        let mut mangled: Vec<Vec<u8>> = [0, 1, 2, 4, 10, der.len() / 2, der.len() - 1]
+            .into_iter()
+            .map(|len| der[..len].to_vec())
+            .collect();
+        for at in (0..der.len()).step_by(5) {
+            let mut flipped = der.clone();
+            flipped[at] ^= 1 << (at % 8);
+            mangled.push(flipped);
+        }
+        let before = apid.stats.snapshot().total_failed();
+        for (i, cert) in mangled.iter().enumerate() {
+            assert!(
+                !handshake_with_raw_cert(&apid, &pki, cert.clone(), &key).await,
+                "mangled certificate {i} was accepted"
+            );
+        }
+        let refused = u64::try_from(mangled.len()).expect("count");
+        support::eventually("every refusal is counted", || {
+            apid.stats.snapshot().total_failed() == before + refused
+        })
+        .await;
+
         still_serves(&apid, &pki).await;
         backend.stop().await;
         apid.stop().await;
@@ -481,6 +583,132 @@ async fn a_header_block_over_64_kib_refuses_the_stream_and_the_connection_keeps_
         still_serves(&apid, &pki).await;
         backend.stop().await;
         apid.stop().await;
+    })
+    .await;
+}
+
+/// `grpc-message` is percent-encoded on the wire (gRPC over HTTP/2, "Responses").
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The gRPC status code and decoded message of a response: from its headers (trailers-only)
+/// or from its trailers.
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> (String, String) {
+    let field = |headers: &http::HeaderMap, name: &str| {
+        percent_decode(
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        )
+    };
+    if response.headers().contains_key("grpc-status") {
+        let headers = response.headers();
+        return (
+            field(headers, "grpc-status"),
+            field(headers, "grpc-message"),
+        );
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.expect("response body");
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .expect("response trailers")
+        .expect("a gRPC response ends with trailers");
+    (
+        field(&trailers, "grpc-status"),
+        field(&trailers, "grpc-message"),
+    )
+}
+
+#[tokio::test]
+async fn a_message_declaring_4_gib_split_across_frames_is_refused_at_its_header() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let backend = apid.backend().await;
+        let connector = tls_connector(pki.ca_pem(), Some(&pki.client(&["os:admin"])));
+        let tls = support::tls_connect(apid.addr, &connector)
+            .await
+            .expect("mTLS connect");
+        let (client, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.expect("h2 ready");
+
+        let call = |path: &str| {
+            http::Request::post(format!("https://127.0.0.1{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request")
+        };
+        let (response, mut body) = client
+            .send_request(call("/machine.MachineService/ApplyConfiguration"), false)
+            .expect("send headers");
+        // The 5-byte message header in two DATA frames: the flag and three length bytes, a
+        // pause so apid reads them alone, then the last length byte. The length is u32::MAX,
+        // and no payload follows: apid must answer from the header, not wait for 4 GiB.
+        body.send_data(Bytes::from_static(&[0, 0xff, 0xff, 0xff]), false)
+            .expect("first part of the header");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        body.send_data(Bytes::from_static(&[0xff]), false)
+            .expect("last byte of the header");
+        let response = response.await.expect("apid answers");
+        let (code, message) = grpc_status(response).await;
+        assert_eq!(code, "8", "ResourceExhausted: {message}");
+        assert_eq!(
+            message,
+            format!(
+                "request message of {} bytes exceeds the limit of {} bytes",
+                u32::MAX,
+                32 * 1024 * 1024
+            )
+        );
+        drop(body);
+
+        // The same connection serves the next call.
+        let mut client = client.ready().await.expect("connection still usable");
+        let (response, mut body) = client
+            .send_request(call(VERSION_PATH), false)
+            .expect("send the next call");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .expect("empty message");
+        let (code, message) = grpc_status(response.await.expect("Version answered")).await;
+        assert_eq!(code, "0", "Version on the same connection: {message}");
+
+        still_serves(&apid, &pki).await;
+        backend.stop().await;
+        let records = apid.stop().await;
+        assert!(
+            records.iter().any(
+                |r| r["method"] == "/machine.MachineService/ApplyConfiguration"
+                    && r["code"] == "RESOURCE_EXHAUSTED"
+            ),
+            "the refusal is audited: {records:?}"
+        );
     })
     .await;
 }

@@ -113,8 +113,20 @@ impl Node {
         dry_run: bool,
         timeout: Option<Duration>,
     ) -> Result<ApplyConfiguration, tonic::Status> {
+        self.apply_bytes(yaml.as_bytes(), mode, dry_run, timeout)
+            .await
+    }
+
+    /// [`Node::apply`] with a document that need not be text.
+    async fn apply_bytes(
+        &self,
+        data: &[u8],
+        mode: Mode,
+        dry_run: bool,
+        timeout: Option<Duration>,
+    ) -> Result<ApplyConfiguration, tonic::Status> {
         let request = ApplyConfigurationRequest {
-            data: yaml.as_bytes().to_vec(),
+            data: data.to_vec(),
             mode: mode as i32,
             dry_run,
             try_mode_timeout: timeout.map(|t| prost_types::Duration {
@@ -217,6 +229,76 @@ async fn every_validation_problem_is_reported_at_once_and_published() {
         // Nothing changed.
         assert_eq!(node.history().await.len(), 1);
         assert_eq!(node.active_yaml().await, BASE);
+        node.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unparsable_configs_are_refused_with_the_key_and_position_and_nothing_changes() {
+    within_deadline(async {
+        let dir = state_dir();
+        let node = Node::start(dir.path(), 20).await;
+        let ca_line = BASE
+            .lines()
+            .find(|line| line.trim_start().starts_with("crt: "))
+            .expect("BASE has a CA");
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "an unknown key",
+                BASE.replace("  type: worker\n", "  type: worker\n  certSans: []\n")
+                    .into_bytes(),
+                "machine: unknown field `certSans`",
+            ),
+            (
+                "a map where a string belongs",
+                BASE.replace(ca_line, "    crt: {a: 1}").into_bytes(),
+                "machine.ca.crt: invalid type: map, expected a base64 string",
+            ),
+            (
+                "bad base64",
+                BASE.replace(ca_line, "    crt: '!!!'").into_bytes(),
+                "machine.ca.crt: invalid base64",
+            ),
+            (
+                "bytes that are not UTF-8",
+                vec![0xff, 0xfe, 0x00, 0x80],
+                "the machine configuration is not UTF-8 text",
+            ),
+            (
+                "nesting 10,000 deep",
+                format!("machine: {}", "[".repeat(10_000)).into_bytes(),
+                "machine: invalid type: sequence, expected a machine section mapping",
+            ),
+            (
+                "an alias bomb",
+                b"a: &a [*a, *a]\nb: *a\n".to_vec(),
+                "unknown field `a`",
+            ),
+        ];
+        for (what, data, expected) in cases {
+            let status = node
+                .apply_bytes(&data, Mode::NoReboot, false, None)
+                .await
+                .expect_err(what);
+            assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+            assert!(
+                status.message().contains(expected),
+                "{what}: {expected:?} in {:?}",
+                status.message()
+            );
+            // An error under a key also says where it is.
+            if expected.starts_with("machine") {
+                assert!(status.message().contains(" at line "), "{what}: {status:?}");
+            }
+        }
+        // Nothing was stored or applied, and machined still takes a good config.
+        assert_eq!(node.history().await.len(), 1);
+        assert_eq!(node.active_yaml().await, BASE);
+        node.apply(&with_hostname("after"), Mode::NoReboot, false, None)
+            .await
+            .expect("a valid config after the bad ones");
+        assert_eq!(node.history().await.len(), 2);
         node.stop().await;
     })
     .await;
