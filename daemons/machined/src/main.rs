@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use basalt_config::MachineConfig;
-use basalt_daemon::{LogFormat, exit, parse_flags, start_telemetry};
+use basalt_daemon::{
+    LogFormat, build_runtime, exit, parse_flags, shutdown_signal, start_telemetry,
+};
 use clap::Parser;
 use machined::{
     AllowedUids, ApidLaunch, Backoff, Config, ConfigStore, ConfigStoreOptions, DenyRule,
     FilesPolicy, Mode, Server, TrustdLaunch, default_deny_rules,
 };
-use tokio::signal::unix::{SignalKind, signal};
 
 /// The longest unix socket path the kernel accepts (`sun_path` holds 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -131,19 +132,10 @@ fn main() -> ExitCode {
     // 16 in flight rose 36–50% direct and 1–35% through apid, and nothing measurable changed at
     // 1 in flight. A current-thread runtime did worse: it halved direct throughput at 16 in
     // flight.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
+    let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(1))
     {
         Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!(
-                error = &err as &dyn std::error::Error,
-                "Cannot start the runtime"
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(setup.config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,20 +148,11 @@ fn main() -> ExitCode {
 
 /// Binds, then serves until SIGTERM or SIGINT.
 async fn run(config: Config) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let shutdown = shutdown_signal().context("install the SIGTERM and SIGINT handlers")?;
     // Orphans our services leave behind come to machined (PID 1 or a subreaper): reap them.
     machined::reap_orphans();
     let bound = Server::bind(config).await.context("start machined")?;
-    bound
-        .serve(async move {
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "Received signal"),
-                _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "Received signal"),
-            }
-        })
-        .await
-        .context("serve")
+    bound.serve(shutdown).await.context("serve")
 }
 
 /// The validated result of flags + machine config.

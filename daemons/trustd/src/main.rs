@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use basalt_config::TrustdConfig;
-use basalt_daemon::{LogFormat, exit, parse_flags, start_telemetry};
+use basalt_daemon::{
+    LogFormat, build_runtime, check_config_exit, exit, parse_flags, shutdown_signal,
+    start_telemetry,
+};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
@@ -51,32 +54,14 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        return match trustd::check_config(&config) {
-            Ok(()) => {
-                eprintln!("trustd: {} is valid", args.config.display());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("trustd: {:#}", anyhow::Error::from(err));
-                ExitCode::from(exit::USAGE)
-            }
-        };
+        return check_config_exit("trustd", &args.config, trustd::check_config(&config));
     }
 
     // Talos runs trustd with GOMAXPROCS 2: signing is short CPU work, two threads are plenty.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2))
     {
         Ok(runtime) => runtime,
-        Err(err) => {
-            error!(
-                error = &err as &dyn std::error::Error,
-                "Cannot start the runtime"
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(config, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,8 +89,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: TrustdConfig, config_path: PathBuf) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let shutdown = shutdown_signal().context("install the SIGTERM and SIGINT handlers")?;
     let mut hangup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
 
     // Token and CA changes in the config file (machined rewrites it on rotation) are reloaded.
@@ -122,12 +106,6 @@ async fn run(config: TrustdConfig, config_path: PathBuf) -> anyhow::Result<()> {
             let _ = trust.reload().await;
         }
     });
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => info!("SIGTERM received"),
-            _ = interrupt.recv() => info!("SIGINT received"),
-        }
-    };
     bound.serve(shutdown).await?;
     Ok(())
 }

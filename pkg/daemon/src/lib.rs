@@ -1,11 +1,16 @@
 //! Process scaffolding shared by the three daemons: flag parsing, the log format flag, telemetry
-//! initialisation, exit codes, and the one way an error and its sources become a line of text.
+//! initialisation, `--check-config`'s answer, the runtime, the shutdown signals, exit codes, and
+//! the one way an error and its sources become a line of text.
 //!
 //! It holds no gRPC and no config schemas, and it never reads the process environment itself:
 //! `main` reads `BASALT_LOG` and passes it in (STYLE §4).
 
+use std::future::Future;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
+
+use tokio::signal::unix::{SignalKind, signal};
 
 use tracing_subscriber::EnvFilter;
 
@@ -70,6 +75,52 @@ pub fn start_telemetry(
     init_telemetry(format, filter).map_err(|err| {
         eprintln!("{daemon}: {}", error_chain(&err));
         ExitCode::from(exit::USAGE)
+    })
+}
+
+/// `--check-config`'s answer for `daemon`: `<daemon>: <path> is valid` and 0, or
+/// `<daemon>: <problems>` and [`exit::USAGE`], on stderr (an operator runs it by hand).
+pub fn check_config_exit<E>(daemon: &str, path: &Path, result: Result<(), E>) -> ExitCode
+where
+    E: std::error::Error + 'static,
+{
+    match result {
+        Ok(()) => {
+            eprintln!("{daemon}: {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{daemon}: {}", error_chain(&err));
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// Builds `main`'s runtime from `builder` (which says the kind and the threads), with every
+/// driver enabled. On failure the reason is logged and the error is [`ExitCode::FAILURE`].
+pub fn build_runtime(
+    builder: &mut tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        tracing::error!(
+            error = &err as &dyn std::error::Error,
+            "Cannot start the runtime"
+        );
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves at the first SIGTERM or SIGINT and logs which. The handlers are installed by this
+/// call, so a signal that arrives while the daemon starts up still ends it once it serves. Must
+/// be called inside the runtime.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "Received signal"),
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "Received signal"),
+        }
     })
 }
 
