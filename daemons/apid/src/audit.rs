@@ -280,6 +280,7 @@ impl Drop for AuditGuard {
             for target in &entry.targets {
                 metrics.record_forward(target);
             }
+            metrics.record_duration(&entry.method, &entry.targets, entry.duration);
         }
         tracing::debug!(
             grpc.method = %entry.method,
@@ -588,9 +589,13 @@ mod tests {
             "basalt_apid_forwarded_total{target=\"node-3\"} 1\n",
             "basalt_apid_authz_denials_total{method=\"/machine.MachineService/Reboot\"} 1\n",
             "basalt_apid_requests_total{method=\"/machine.MachineService/Version\",code=\"OK\"} 1\n",
+            // The allowed fan-out is timed; the denied call to node-2 is not.
+            "basalt_apid_call_duration_seconds_count{target=\"fanout\"} 1\n",
+            "basalt_apid_call_duration_seconds_count{target=\"local\"} 0\n",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        assert!(!text.contains("target=\"node-2\",le="), "{text}");
     }
 
     #[test]

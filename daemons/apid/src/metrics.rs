@@ -6,6 +6,7 @@
 //! | `basalt_apid_requests_total` | `method`, `code` | every audited call, when its record is written |
 //! | `basalt_apid_authz_denials_total` | `method` | calls the rules table refused |
 //! | `basalt_apid_forwarded_total` | `target` | allowed calls routed by `node`/`nodes` metadata, per named node (a fan-out counts each) |
+//! | `basalt_apid_call_duration_seconds` (histogram) | `target` | allowed unary calls, from routing to the end of the response: `local` (this node's machined), the node named by `node`/`nodes` when there is one, `fanout` for several |
 //! | `basalt_apid_handshake_failures_total` | `reason` | the TLS accept loop's counters |
 //! | `basalt_apid_handshakes_total` | — | completed handshakes |
 //! | `basalt_apid_audit_dropped_total` | — | audit records dropped because the writer was behind |
@@ -14,15 +15,18 @@
 //! Label cardinality is bounded by construction: `method` is one of basalt's declared methods
 //! (plus apid's own health and reflection methods) or `unknown`, whatever path a client sends;
 //! `code` is one of the 17 gRPC codes; `target` is capped at [`MAX_TARGETS`] distinct values,
-//! after which further targets count as `other`.
+//! after which further targets count as `other`. Streaming calls are left out of the duration
+//! histogram: a `logs -f` lasts as long as someone watches, which says nothing about latency.
 //!
-//! Counters are relaxed atomics on the request path: no lock, no allocation.
+//! Counters are relaxed atomics on the request path: no lock, no allocation (calls routed to
+//! another node take a lock, next to a network hop).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use basalt_config::ApidConfig;
 use basalt_grpc::HandshakeStatsHandle;
@@ -46,6 +50,57 @@ pub(crate) const UNKNOWN_METHOD: &str = "unknown";
 
 /// Most distinct `target` label values kept for forwarded calls; the rest count as `other`.
 pub(crate) const MAX_TARGETS: usize = 256;
+
+/// Upper bounds (seconds) of the duration histogram's buckets: from a local call's fraction of
+/// a millisecond to a slow remote node's seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `target` of calls to several nodes in the duration histogram.
+const FANOUT_TARGET: &str = "fanout";
+
+/// The `target` of calls served by this node's machined.
+const LOCAL_TARGET: &str = "local";
+
+/// One duration histogram: a count per bucket (not cumulative; rendering adds them up), the
+/// total count and the sum.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, duration: Duration) {
+        // The count first and read last (see `render`), so +Inf is never below a finite bucket.
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let seconds = duration.as_secs_f64();
+        if let Some(bucket) = DURATION_BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` samples of `name` for `target`.
+    fn render(&self, text: &mut TextEncoder, name: &str, target: &str) {
+        let bucket_name = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (le, bucket) in DURATION_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = le.to_string();
+            text.sample(&bucket_name, &[("target", target), ("le", &le)], cumulative);
+        }
+        // Read after the buckets, which `observe` bumps after the count.
+        let count = self.count.load(Ordering::Relaxed);
+        text.sample(&bucket_name, &[("target", target), ("le", "+Inf")], count);
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        text.sample(&format!("{name}_sum"), &[("target", target)], sum);
+        text.sample(&format!("{name}_count"), &[("target", target)], count);
+    }
+}
 
 /// The gRPC codes in wire order (0..=16), the column index of the request counters.
 const CODES: [Code; 17] = [
@@ -81,6 +136,12 @@ pub(crate) struct ApidMetrics {
     denials: Vec<AtomicU64>,
     /// Forwarded calls by target; forwarding is rare enough next to a hop for a lock.
     forwarded: Mutex<BTreeMap<String, u64>>,
+    /// `[row]`: whether the method is unary (only those are timed).
+    unary: Vec<bool>,
+    /// Durations of calls served here, of fan-outs, and of calls to one other node by target.
+    local_durations: Histogram,
+    fanout_durations: Histogram,
+    routed_durations: Mutex<BTreeMap<String, Histogram>>,
     /// Audit records dropped because the writer was behind.
     audit_dropped: AtomicU64,
 }
@@ -94,12 +155,28 @@ impl Default for ApidMetrics {
             .collect();
         let rows = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let count = names.len() + 1;
+        // apid's own methods: health Check is unary, Watch and reflection stream. An unknown
+        // path (the last row) is not timed.
+        let unary = basalt_api::METHODS
+            .iter()
+            .map(|m| !m.client_streaming && !m.server_streaming)
+            .chain(
+                LOCAL_METHODS
+                    .iter()
+                    .map(|m| *m == "/grpc.health.v1.Health/Check"),
+            )
+            .chain([false])
+            .collect();
         Self {
             rows,
             names,
             requests: (0..count).map(|_| Default::default()).collect(),
             denials: (0..count).map(|_| AtomicU64::new(0)).collect(),
             forwarded: Mutex::new(BTreeMap::new()),
+            unary,
+            local_durations: Histogram::default(),
+            fanout_durations: Histogram::default(),
+            routed_durations: Mutex::new(BTreeMap::new()),
             audit_dropped: AtomicU64::new(0),
         }
     }
@@ -143,6 +220,30 @@ impl ApidMetrics {
             forwarded.insert(target.to_owned(), 1);
         } else {
             *forwarded.entry("other".to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Times one allowed call to `method` routed to `targets` (none: served here); streaming
+    /// methods are not timed.
+    pub(crate) fn record_duration(&self, method: &str, targets: &[String], duration: Duration) {
+        if !self.unary.get(self.row(method)).copied().unwrap_or(false) {
+            return;
+        }
+        match targets {
+            [] => self.local_durations.observe(duration),
+            [target] => {
+                let mut routed = self
+                    .routed_durations
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let key = if routed.contains_key(target.as_str()) || routed.len() < MAX_TARGETS {
+                    target.as_str()
+                } else {
+                    "other"
+                };
+                routed.entry(key.to_owned()).or_default().observe(duration);
+            }
+            _ => self.fanout_durations.observe(duration),
         }
     }
 
@@ -250,6 +351,29 @@ impl Scrape {
                 text.sample("basalt_apid_forwarded_total", &[("target", target)], value);
             }
         }
+
+        const DURATION: &str = "basalt_apid_call_duration_seconds";
+        text.family(
+            DURATION,
+            "histogram",
+            "Time from routing to the end of the response of allowed unary calls, by target: \
+             local (this node's machined), the node named by node/nodes metadata, or fanout.",
+        );
+        calls
+            .local_durations
+            .render(&mut text, DURATION, LOCAL_TARGET);
+        {
+            let routed = calls
+                .routed_durations
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (target, histogram) in routed.iter() {
+                histogram.render(&mut text, DURATION, target);
+            }
+        }
+        calls
+            .fanout_durations
+            .render(&mut text, DURATION, FANOUT_TARGET);
 
         let handshakes = self.handshakes.snapshot();
         text.family(
@@ -386,6 +510,52 @@ mod tests {
         assert_eq!(forwarded.len(), MAX_TARGETS + 1);
         assert_eq!(forwarded.get("other"), Some(&10));
         assert_eq!(forwarded.get("node-0"), Some(&2));
+    }
+
+    #[test]
+    fn unary_calls_are_timed_by_target_and_streams_are_not() {
+        let metrics = Arc::new(ApidMetrics::default());
+        let ms = Duration::from_millis;
+        let version = "/machine.MachineService/Version";
+        metrics.record_duration(version, &[], ms(3));
+        metrics.record_duration(version, &[], ms(30));
+        metrics.record_duration(version, &["node-2".to_owned()], ms(20_000));
+        metrics.record_duration(version, &["a".to_owned(), "b".to_owned()], ms(7));
+        metrics.record_duration("/machine.MachineService/Logs", &[], ms(1));
+        metrics.record_duration("/grpc.health.v1.Health/Watch", &[], ms(1));
+        metrics.record_duration("/not.Declared/Method", &[], ms(1));
+        metrics.record_duration("/grpc.health.v1.Health/Check", &[], ms(1));
+        let text = metrics.render_for_test();
+        for sample in [
+            "# TYPE basalt_apid_call_duration_seconds histogram",
+            // Cumulative: 1 ms (the health check) and 3 ms, then the 30 ms call.
+            "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"0.001\"} 1\n",
+            "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"0.005\"} 2\n",
+            "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"0.025\"} 2\n",
+            "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"0.05\"} 3\n",
+            "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"+Inf\"} 3\n",
+            "basalt_apid_call_duration_seconds_sum{target=\"local\"} 0.034\n",
+            "basalt_apid_call_duration_seconds_count{target=\"local\"} 3\n",
+            // Slower than the last bucket: only in +Inf.
+            "basalt_apid_call_duration_seconds_bucket{target=\"node-2\",le=\"10\"} 0\n",
+            "basalt_apid_call_duration_seconds_bucket{target=\"node-2\",le=\"+Inf\"} 1\n",
+            "basalt_apid_call_duration_seconds_count{target=\"fanout\"} 1\n",
+        ] {
+            assert!(text.contains(sample), "{sample} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn duration_targets_are_capped() {
+        let metrics = ApidMetrics::default();
+        let version = "/machine.MachineService/Version";
+        for i in 0..MAX_TARGETS + 10 {
+            metrics.record_duration(version, &[format!("node-{i}")], Duration::from_millis(1));
+        }
+        let routed = metrics.routed_durations.lock().expect("lock");
+        assert_eq!(routed.len(), MAX_TARGETS + 1);
+        let other = routed.get("other").expect("other");
+        assert_eq!(other.count.load(Ordering::Relaxed), 10);
     }
 
     #[test]

@@ -116,6 +116,31 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
             0.0
         );
         assert_eq!(value(&body, "basalt_apid_audit_dropped_total"), 0.0);
+        // The allowed Version is timed, the denied Reboot is not.
+        let count = value(
+            &body,
+            "basalt_apid_call_duration_seconds_count{target=\"local\"}",
+        );
+        assert_eq!(count, 1.0, "{body}");
+        assert_eq!(
+            value(
+                &body,
+                "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"+Inf\"}"
+            ),
+            count,
+            "{body}"
+        );
+        assert!(
+            value(
+                &body,
+                "basalt_apid_call_duration_seconds_sum{target=\"local\"}"
+            ) > 0.0,
+            "{body}"
+        );
+        assert!(
+            body.contains("# TYPE basalt_apid_call_duration_seconds histogram"),
+            "{body}"
+        );
         assert!(
             body.contains("# TYPE basalt_apid_requests_total counter"),
             "{body}"
