@@ -34,6 +34,7 @@
 
 pub mod binaries;
 pub mod cli;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod pki;

@@ -4,55 +4,10 @@
 // Tests state their expectations with unwrap/expect: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use basalt_api::machine::RebootRequest;
+use basalt_e2e::metrics::{scrape_until, value};
 use basalt_e2e::{Cert, Node, within_test_deadline};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tonic::Code;
-
-/// One scrape; `None` while nothing listens yet (the endpoint comes up with its daemon).
-async fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("send request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    Some(body.to_owned())
-}
-
-fn value(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().expect("numeric sample"))
-}
-
-/// Scrapes until `series` has at least `min`, for at most 10 s (a call is counted when its
-/// response has ended, just after the client sees it).
-async fn scrape_until(addr: SocketAddr, series: &str, min: f64) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(body) = scrape(addr).await
-            && value(&body, series).is_some_and(|v| v >= min)
-        {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} never reached {min} at {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn machine_metrics_turn_on_apid_and_trustd_endpoints() {

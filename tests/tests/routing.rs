@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use basalt_api::machine::{LogsRequest, RebootRequest};
+use basalt_e2e::metrics::{scrape_until, value};
 use basalt_e2e::{Cert, Node, within_test_deadline};
 use basalt_pki::Identity;
 use tonic::{Code, Request};
@@ -91,7 +92,7 @@ fn identity(node: &Node, cert: Cert) -> Identity {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_routes_and_fans_out_to_its_workers() {
     within_test_deadline(async {
-        let cp = Node::start().await;
+        let cp = Node::builder().metrics().start().await;
         let w1 = Node::builder().worker_of(&cp).start().await;
         let w2 = Node::builder().worker_of(&cp).start().await;
         let all = [name(&cp), name(&w1), name(&w2)];
@@ -164,6 +165,20 @@ async fn a_control_plane_routes_and_fans_out_to_its_workers() {
             "the peer is the control plane's apid: {record}"
         );
         assert_eq!(record["cert_roles"], serde_json::json!(["os:impersonator"]));
+
+        // The control plane's metrics: the call to w1 is timed under w1's name, the fan-out
+        // Version under `fanout` (the Logs stream is not timed), each named node counted.
+        let (metrics, _) = cp.metrics_addrs().expect("metrics addresses");
+        let w1_count = format!(
+            "basalt_apid_call_duration_seconds_count{{target=\"{}\"}}",
+            name(&w1)
+        );
+        let body = scrape_until(metrics, &w1_count, 1.0).await;
+        let fanout = "basalt_apid_call_duration_seconds_count{target=\"fanout\"}";
+        assert_eq!(value(&body, fanout), Some(1.0), "{body}");
+        let forwarded = format!("basalt_apid_forwarded_total{{target=\"{}\"}}", name(&w1));
+        // The fan-out Version and Logs, and the one-to-one Version.
+        assert_eq!(value(&body, &forwarded), Some(3.0), "{body}");
 
         // A reader stays a reader across the hop: Reboot of a worker through the control
         // plane is denied, also when the reader forges talos-role, proxyfrom and
