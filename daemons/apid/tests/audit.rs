@@ -14,9 +14,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use basalt_config::{ApidLimits, AuditSink};
-use support::{Apid, Pki, machine_client, version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{Apid, Pki, machine_client, sample_value, scrape_metrics, version};
 use tokio::task::JoinSet;
 
 /// The writer's queue (`audit::QUEUE`).
@@ -32,24 +30,12 @@ const CONCURRENCY: u64 = 32;
 
 /// The sample `basalt_apid_audit_dropped_total`.
 async fn dropped(metrics: SocketAddr) -> u64 {
-    let mut stream = TcpStream::connect(metrics)
-        .await
-        .expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("send the scrape");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read the scrape");
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("basalt_apid_audit_dropped_total "))
-        .expect("the dropped counter is exported")
-        .parse()
-        .expect("integer sample")
+    let body = scrape_metrics(metrics).await;
+    assert!(
+        body.contains("\nbasalt_apid_audit_dropped_total "),
+        "the dropped counter is exported: {body}"
+    );
+    sample_value(&body, "basalt_apid_audit_dropped_total") as u64
 }
 
 /// Makes a FIFO at `path` and opens its read end on a thread, which reads nothing until told

@@ -3,45 +3,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use apid::HandshakeFailure;
 use basalt_api::machine::RebootRequest;
 use basalt_pki::{CaOptions, CertificateAuthority};
-use support::{Apid, Pki, client_cert, machine_client, version, within_deadline};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Sends `request` raw and returns the whole response (the server closes the connection).
-async fn http(addr: SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to metrics");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read response");
-    response
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    let response = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    body.to_owned()
-}
-
-/// The value of the sample written exactly as `series` (name plus labels), or 0 if absent.
-fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().expect("numeric sample"))
-        .unwrap_or(0.0)
-}
+use support::{
+    Apid, Pki, client_cert, http_exchange, machine_client, sample_value, scrape_metrics, version,
+    within_deadline,
+};
 
 #[tokio::test]
 async fn calls_denials_and_bad_handshakes_are_counted() {
@@ -74,17 +42,17 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
         // after the client sees it: poll briefly.
         let version_ok =
             "basalt_apid_requests_total{method=\"/machine.MachineService/Version\",code=\"OK\"}";
-        let mut body = scrape(metrics).await;
+        let mut body = scrape_metrics(metrics).await;
         for _ in 0..100 {
-            if value(&body, version_ok) >= 1.0 {
+            if sample_value(&body, version_ok) >= 1.0 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            body = scrape(metrics).await;
+            body = scrape_metrics(metrics).await;
         }
-        assert_eq!(value(&body, version_ok), 1.0, "{body}");
+        assert_eq!(sample_value(&body, version_ok), 1.0, "{body}");
         assert_eq!(
-            value(
+            sample_value(
                 &body,
                 "basalt_apid_requests_total{method=\"/machine.MachineService/Reboot\",\
                  code=\"PERMISSION_DENIED\"}"
@@ -93,7 +61,7 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
             "{body}"
         );
         assert_eq!(
-            value(
+            sample_value(
                 &body,
                 "basalt_apid_authz_denials_total{method=\"/machine.MachineService/Reboot\"}"
             ),
@@ -101,7 +69,7 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
             "{body}"
         );
         assert_eq!(
-            value(
+            sample_value(
                 &body,
                 "basalt_apid_handshake_failures_total{reason=\"unknown_ca\"}"
             ),
@@ -109,21 +77,21 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
             "{body}"
         );
         assert_eq!(
-            value(
+            sample_value(
                 &body,
                 "basalt_apid_handshake_failures_total{reason=\"expired\"}"
             ),
             0.0
         );
-        assert_eq!(value(&body, "basalt_apid_audit_dropped_total"), 0.0);
+        assert_eq!(sample_value(&body, "basalt_apid_audit_dropped_total"), 0.0);
         // The allowed Version is timed, the denied Reboot is not.
-        let count = value(
+        let count = sample_value(
             &body,
             "basalt_apid_call_duration_seconds_count{target=\"local\"}",
         );
         assert_eq!(count, 1.0, "{body}");
         assert_eq!(
-            value(
+            sample_value(
                 &body,
                 "basalt_apid_call_duration_seconds_bucket{target=\"local\",le=\"+Inf\"}"
             ),
@@ -131,7 +99,7 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
             "{body}"
         );
         assert!(
-            value(
+            sample_value(
                 &body,
                 "basalt_apid_call_duration_seconds_sum{target=\"local\"}"
             ) > 0.0,
@@ -148,8 +116,8 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
 
         // Expiry gauges: the test server certificate and CA are valid now and later.
         let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
-        let server = value(&body, "basalt_cert_not_after_seconds{cert=\"server\"}");
-        let ca = value(&body, "basalt_cert_not_after_seconds{cert=\"ca\"}");
+        let server = sample_value(&body, "basalt_cert_not_after_seconds{cert=\"server\"}");
+        let ca = sample_value(&body, "basalt_cert_not_after_seconds{cert=\"ca\"}");
         assert!(
             server > now && ca > server,
             "server {server}, ca {ca}, now {now}"
@@ -160,26 +128,26 @@ async fn calls_denials_and_bad_handshakes_are_counted() {
         // A path no one declared is counted under `unknown`, never under its own label.
         let mut channel = apid.channel(&pki, Some(&pki.client(&["os:admin"])));
         let _ = unknown_method(&mut channel).await;
-        let mut body = scrape(metrics).await;
+        let mut body = scrape_metrics(metrics).await;
         for _ in 0..100 {
             if body.contains("method=\"unknown\"") {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            body = scrape(metrics).await;
+            body = scrape_metrics(metrics).await;
         }
         assert!(body.contains("method=\"unknown\""), "{body}");
         assert!(!body.contains("/attacker.Chosen"), "{body}");
 
         // Other paths and methods get plain HTTP errors, and the endpoint keeps serving.
-        let not_found = http(metrics, "GET / HTTP/1.1\r\n\r\n").await;
+        let not_found = http_exchange(metrics, "GET / HTTP/1.1\r\n\r\n").await;
         assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");
-        let post = http(metrics, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        let post = http_exchange(metrics, "POST /metrics HTTP/1.1\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405"), "{post}");
         let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
-        let too_large = http(metrics, &huge).await;
+        let too_large = http_exchange(metrics, &huge).await;
         assert!(too_large.starts_with("HTTP/1.1 431"), "{too_large}");
-        scrape(metrics).await;
+        scrape_metrics(metrics).await;
 
         // And the API still answers.
         version(&mut reader)

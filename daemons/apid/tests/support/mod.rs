@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use rustls_pki_types::ServerName;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -764,4 +765,39 @@ pub fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> Request<T
         );
     }
     request
+}
+
+// === the metrics endpoint ===
+
+/// Sends `request` raw to a metrics endpoint and returns the whole response (the server closes
+/// the connection).
+pub async fn http_exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to metrics");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    response
+}
+
+/// One scrape, as a collector makes it; returns the body.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    let response = http_exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample written exactly as `series` (name plus labels), or 0 if absent.
+pub fn sample_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("numeric sample"))
+        .unwrap_or(0.0)
 }
