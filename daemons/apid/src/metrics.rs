@@ -37,12 +37,18 @@ use crate::audit::{AuditLog, code_name};
 use crate::error::Error;
 
 /// apid's own methods (answered locally, not in basalt's descriptor list) that get their own
-/// `method` label rather than `unknown`.
-const LOCAL_METHODS: &[&str] = &[
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+/// `method` label rather than `unknown`, and whether each is unary.
+const LOCAL_METHODS: &[(&str, bool)] = &[
+    ("/grpc.health.v1.Health/Check", true),
+    ("/grpc.health.v1.Health/Watch", false),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        false,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        false,
+    ),
 ];
 
 /// The label of a method path that is not a known method.
@@ -151,20 +157,15 @@ impl Default for ApidMetrics {
         let names: Vec<&'static str> = basalt_api::METHODS
             .iter()
             .map(|m| m.path)
-            .chain(LOCAL_METHODS.iter().copied())
+            .chain(LOCAL_METHODS.iter().map(|(path, _)| *path))
             .collect();
         let rows = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let count = names.len() + 1;
-        // apid's own methods: health Check is unary, Watch and reflection stream. An unknown
-        // path (the last row) is not timed.
+        // Rows as in `names`; an unknown path (the last row) is not timed.
         let unary = basalt_api::METHODS
             .iter()
             .map(|m| !m.client_streaming && !m.server_streaming)
-            .chain(
-                LOCAL_METHODS
-                    .iter()
-                    .map(|m| *m == "/grpc.health.v1.Health/Check"),
-            )
+            .chain(LOCAL_METHODS.iter().map(|(_, unary)| *unary))
             .chain([false])
             .collect();
         Self {
@@ -236,12 +237,16 @@ impl ApidMetrics {
                     .routed_durations
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let key = if routed.contains_key(target.as_str()) || routed.len() < MAX_TARGETS {
-                    target.as_str()
+                if let Some(histogram) = routed.get(target) {
+                    histogram.observe(duration);
                 } else {
-                    "other"
-                };
-                routed.entry(key.to_owned()).or_default().observe(duration);
+                    let key = if routed.len() < MAX_TARGETS {
+                        target.clone()
+                    } else {
+                        "other".to_owned()
+                    };
+                    routed.entry(key).or_default().observe(duration);
+                }
             }
             _ => self.fanout_durations.observe(duration),
         }
