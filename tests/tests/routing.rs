@@ -166,16 +166,18 @@ async fn a_control_plane_routes_and_fans_out_to_its_workers() {
         );
         assert_eq!(record["cert_roles"], serde_json::json!(["os:impersonator"]));
 
-        // The control plane's metrics: the call to w1 is timed under w1's name, the fan-out
-        // Version under `fanout` (the Logs stream is not timed), each named node counted.
+        // The control plane's metrics. The fan-out Version is timed under `fanout`, and each
+        // node's part under its name (`local` for the control plane itself); the call to w1
+        // under w1's name too. The Logs stream is not timed. Each named node is counted.
         let (metrics, _) = cp.metrics_addrs().expect("metrics addresses");
-        let w1_count = format!(
-            "basalt_apid_call_duration_seconds_count{{target=\"{}\"}}",
-            name(&w1)
-        );
-        let body = scrape_until(metrics, &w1_count, 1.0).await;
-        let fanout = "basalt_apid_call_duration_seconds_count{target=\"fanout\"}";
-        assert_eq!(value(&body, fanout), Some(1.0), "{body}");
+        let count = |target: &str| {
+            format!("basalt_apid_call_duration_seconds_count{{target=\"{target}\"}}")
+        };
+        let body = scrape_until(metrics, &count(&name(&w1)), 2.0).await;
+        assert_eq!(value(&body, &count(&name(&w1))), Some(2.0), "{body}");
+        assert_eq!(value(&body, &count(&name(&w2))), Some(1.0), "{body}");
+        assert_eq!(value(&body, &count("fanout")), Some(1.0), "{body}");
+        assert_eq!(value(&body, &count(&name(&cp))), None, "{body}");
         let forwarded = format!("basalt_apid_forwarded_total{{target=\"{}\"}}", name(&w1));
         // The fan-out Version and Logs, and the one-to-one Version.
         assert_eq!(value(&body, &forwarded), Some(3.0), "{body}");

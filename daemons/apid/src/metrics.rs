@@ -6,7 +6,7 @@
 //! | `basalt_apid_requests_total` | `method`, `code` | every audited call, when its record is written |
 //! | `basalt_apid_authz_denials_total` | `method` | calls the rules table refused |
 //! | `basalt_apid_forwarded_total` | `target` | allowed calls routed by `node`/`nodes` metadata, per named node (a fan-out counts each) |
-//! | `basalt_apid_call_duration_seconds` (histogram) | `target` | allowed unary calls, from routing to the end of the response: `local` (this node's machined), the node named by `node`/`nodes` when there is one, `fanout` for several |
+//! | `basalt_apid_call_duration_seconds` (histogram) | `target` | allowed unary calls, from routing to the end of the response: `local` (this node's machined), the node named by `node`/`nodes` when there is one, `fanout` for several; a fan-out also times each node's part under that node (or `local`) |
 //! | `basalt_apid_handshake_failures_total` | `reason` | the TLS accept loop's counters |
 //! | `basalt_apid_handshakes_total` | — | completed handshakes |
 //! | `basalt_apid_audit_dropped_total` | — | audit records dropped because the writer was behind |
@@ -232,23 +232,35 @@ impl ApidMetrics {
         }
         match targets {
             [] => self.local_durations.observe(duration),
-            [target] => {
-                let mut routed = self
-                    .routed_durations
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(histogram) = routed.get(target) {
-                    histogram.observe(duration);
-                } else {
-                    let key = if routed.len() < MAX_TARGETS {
-                        target.clone()
-                    } else {
-                        "other".to_owned()
-                    };
-                    routed.entry(key).or_default().observe(duration);
-                }
-            }
+            [target] => self.observe_routed(target, duration),
             _ => self.fanout_durations.observe(duration),
+        }
+    }
+
+    /// Times one node's part of a unary fan-out, from the request to its last byte or its
+    /// failure, under the node's name (`local` when it is this node).
+    pub(crate) fn record_fanout_node(&self, target: &str, local: bool, duration: Duration) {
+        if local {
+            self.local_durations.observe(duration);
+        } else {
+            self.observe_routed(target, duration);
+        }
+    }
+
+    fn observe_routed(&self, target: &str, duration: Duration) {
+        let mut routed = self
+            .routed_durations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(histogram) = routed.get(target) {
+            histogram.observe(duration);
+        } else {
+            let key = if routed.len() < MAX_TARGETS {
+                target
+            } else {
+                "other"
+            };
+            routed.entry(key.to_owned()).or_default().observe(duration);
         }
     }
 
@@ -362,7 +374,8 @@ impl Scrape {
             DURATION,
             "histogram",
             "Time from routing to the end of the response of allowed unary calls, by target: \
-             local (this node's machined), the node named by node/nodes metadata, or fanout.",
+             local (this node's machined), the node named by node/nodes metadata, or fanout \
+             (a fan-out also times each node's part under that node).",
         );
         calls
             .local_durations
@@ -548,6 +561,23 @@ mod tests {
         ] {
             assert!(text.contains(sample), "{sample} in\n{text}");
         }
+    }
+
+    #[test]
+    fn each_node_of_a_fan_out_is_timed_under_its_name() {
+        let metrics = Arc::new(ApidMetrics::default());
+        let ms = Duration::from_millis;
+        metrics.record_fanout_node("node-2", false, ms(2));
+        metrics.record_fanout_node("node-1", true, ms(2));
+        let text = metrics.render_for_test();
+        for sample in [
+            "basalt_apid_call_duration_seconds_count{target=\"node-2\"} 1\n",
+            "basalt_apid_call_duration_seconds_count{target=\"local\"} 1\n",
+            "basalt_apid_call_duration_seconds_count{target=\"fanout\"} 0\n",
+        ] {
+            assert!(text.contains(sample), "{sample} in\n{text}");
+        }
+        assert!(!text.contains("target=\"node-1\""), "{text}");
     }
 
     #[test]

@@ -250,6 +250,7 @@ impl Node {
     /// Calls the node and returns its spliced reply, or its error element.
     async fn unary(self, timeout: Duration) -> Vec<u8> {
         let name = self.target.target.name.clone();
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, self.call_unary()).await {
             Ok(result) => result,
             Err(_) => Err(NodeError::new(
@@ -257,6 +258,11 @@ impl Node {
                 format!("{name} did not answer within {timeout:?}"),
             )),
         };
+        // Failures too: a node that times out is the latency an operator looks for.
+        self.shared
+            .audit
+            .metrics()
+            .record_fanout_node(&name, self.target.local, started.elapsed());
         match result.and_then(|message| {
             splice::splice_unary(&message, &self.metadata).map_err(|err| {
                 NodeError::new(
