@@ -271,16 +271,17 @@ impl Drop for AuditGuard {
         // Counted here, where method, decision and final code are all known, exactly once.
         let metrics = &self.log.inner.metrics;
         let code = entry.final_code();
-        metrics.record_call(&entry.method, code);
+        let row = metrics.method_row(&entry.method);
+        metrics.record_call(row, code);
         if entry.decision == Decision::Deny && code == Code::PermissionDenied {
-            metrics.record_denial(&entry.method);
+            metrics.record_denial(row);
         }
         if entry.decision == Decision::Allow {
             // Routed by `node`/`nodes` metadata: one count per named target.
             for target in &entry.targets {
                 metrics.record_forward(target);
             }
-            metrics.record_duration(&entry.method, &entry.targets, entry.duration);
+            metrics.record_duration(row, &entry.targets, entry.duration);
         }
         tracing::debug!(
             grpc.method = %entry.method,

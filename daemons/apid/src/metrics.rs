@@ -183,7 +183,16 @@ impl Default for ApidMetrics {
     }
 }
 
+/// A method's row in the counters, looked up once per finished call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MethodRow(usize);
+
 impl ApidMetrics {
+    /// The row of `method` (a path nobody declared shares the `unknown` row).
+    pub(crate) fn method_row(&self, method: &str) -> MethodRow {
+        MethodRow(self.row(method))
+    }
+
     fn row(&self, method: &str) -> usize {
         self.rows.get(method).copied().unwrap_or(self.names.len())
     }
@@ -193,16 +202,15 @@ impl ApidMetrics {
     }
 
     /// Counts one finished call with the status it ended with.
-    pub(crate) fn record_call(&self, method: &str, code: Code) {
-        let row = self.row(method);
+    pub(crate) fn record_call(&self, MethodRow(row): MethodRow, code: Code) {
         if let Some(counters) = self.requests.get(row) {
             counters[code as usize % CODES.len()].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Counts one call the rules table refused.
-    pub(crate) fn record_denial(&self, method: &str) {
-        if let Some(counter) = self.denials.get(self.row(method)) {
+    pub(crate) fn record_denial(&self, MethodRow(row): MethodRow) {
+        if let Some(counter) = self.denials.get(row) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -224,10 +232,15 @@ impl ApidMetrics {
         }
     }
 
-    /// Times one allowed call to `method` routed to `targets` (none: served here); streaming
-    /// methods are not timed.
-    pub(crate) fn record_duration(&self, method: &str, targets: &[String], duration: Duration) {
-        if !self.unary.get(self.row(method)).copied().unwrap_or(false) {
+    /// Times one allowed call routed to `targets` (none: served here); streaming methods are
+    /// not timed.
+    pub(crate) fn record_duration(
+        &self,
+        MethodRow(row): MethodRow,
+        targets: &[String],
+        duration: Duration,
+    ) {
+        if !self.unary.get(row).copied().unwrap_or(false) {
             return;
         }
         match targets {
@@ -501,11 +514,15 @@ mod tests {
     #[test]
     fn unknown_paths_share_one_label_and_known_ones_keep_theirs() {
         let metrics = ApidMetrics::default();
-        metrics.record_call("/machine.MachineService/Version", Code::Ok);
+        metrics.record_call(
+            metrics.method_row("/machine.MachineService/Version"),
+            Code::Ok,
+        );
         for i in 0..1000 {
-            metrics.record_call(&format!("/attacker.Chosen/Path{i}"), Code::PermissionDenied);
+            let row = metrics.method_row(&format!("/attacker.Chosen/Path{i}"));
+            metrics.record_call(row, Code::PermissionDenied);
         }
-        metrics.record_call("/grpc.health.v1.Health/Check", Code::Ok);
+        metrics.record_call(metrics.method_row("/grpc.health.v1.Health/Check"), Code::Ok);
         assert_eq!(
             metrics.calls("/machine.MachineService/Version", Code::Ok),
             1
@@ -535,14 +552,34 @@ mod tests {
         let metrics = Arc::new(ApidMetrics::default());
         let ms = Duration::from_millis;
         let version = "/machine.MachineService/Version";
-        metrics.record_duration(version, &[], ms(3));
-        metrics.record_duration(version, &[], ms(30));
-        metrics.record_duration(version, &["node-2".to_owned()], ms(20_000));
-        metrics.record_duration(version, &["a".to_owned(), "b".to_owned()], ms(7));
-        metrics.record_duration("/machine.MachineService/Logs", &[], ms(1));
-        metrics.record_duration("/grpc.health.v1.Health/Watch", &[], ms(1));
-        metrics.record_duration("/not.Declared/Method", &[], ms(1));
-        metrics.record_duration("/grpc.health.v1.Health/Check", &[], ms(1));
+        metrics.record_duration(metrics.method_row(version), &[], ms(3));
+        metrics.record_duration(metrics.method_row(version), &[], ms(30));
+        metrics.record_duration(
+            metrics.method_row(version),
+            &["node-2".to_owned()],
+            ms(20_000),
+        );
+        metrics.record_duration(
+            metrics.method_row(version),
+            &["a".to_owned(), "b".to_owned()],
+            ms(7),
+        );
+        metrics.record_duration(
+            metrics.method_row("/machine.MachineService/Logs"),
+            &[],
+            ms(1),
+        );
+        metrics.record_duration(
+            metrics.method_row("/grpc.health.v1.Health/Watch"),
+            &[],
+            ms(1),
+        );
+        metrics.record_duration(metrics.method_row("/not.Declared/Method"), &[], ms(1));
+        metrics.record_duration(
+            metrics.method_row("/grpc.health.v1.Health/Check"),
+            &[],
+            ms(1),
+        );
         let text = metrics.render_for_test();
         for sample in [
             "# TYPE basalt_apid_call_duration_seconds histogram",
@@ -585,7 +622,11 @@ mod tests {
         let metrics = ApidMetrics::default();
         let version = "/machine.MachineService/Version";
         for i in 0..MAX_TARGETS + 10 {
-            metrics.record_duration(version, &[format!("node-{i}")], Duration::from_millis(1));
+            metrics.record_duration(
+                metrics.method_row(version),
+                &[format!("node-{i}")],
+                Duration::from_millis(1),
+            );
         }
         let routed = metrics.routed_durations.lock().expect("lock");
         assert_eq!(routed.len(), MAX_TARGETS + 1);
