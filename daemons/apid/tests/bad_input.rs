@@ -587,47 +587,11 @@ async fn a_header_block_over_64_kib_refuses_the_stream_and_the_connection_keeps_
     .await;
 }
 
-/// `grpc-message` is percent-encoded on the wire (gRPC over HTTP/2, "Responses").
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The gRPC status code and decoded message of a response: from its headers (trailers-only)
-/// or from its trailers.
-async fn grpc_status(response: http::Response<h2::RecvStream>) -> (String, String) {
-    let field = |headers: &http::HeaderMap, name: &str| {
-        percent_decode(
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
-        )
-    };
-    if response.headers().contains_key("grpc-status") {
-        let headers = response.headers();
-        return (
-            field(headers, "grpc-status"),
-            field(headers, "grpc-message"),
-        );
+/// The gRPC status of a response, from its headers (trailers-only) or from its trailers;
+/// tonic decodes the percent-encoded `grpc-message`.
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> tonic::Status {
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        return status;
     }
     let mut body = response.into_body();
     while let Some(chunk) = body.data().await {
@@ -638,10 +602,7 @@ async fn grpc_status(response: http::Response<h2::RecvStream>) -> (String, Strin
         .await
         .expect("response trailers")
         .expect("a gRPC response ends with trailers");
-    (
-        field(&trailers, "grpc-status"),
-        field(&trailers, "grpc-message"),
-    )
+    tonic::Status::from_header_map(&trailers).expect("the trailers carry grpc-status")
 }
 
 #[tokio::test]
@@ -677,10 +638,10 @@ async fn a_message_declaring_4_gib_split_across_frames_is_refused_at_its_header(
         body.send_data(Bytes::from_static(&[0xff]), false)
             .expect("last byte of the header");
         let response = response.await.expect("apid answers");
-        let (code, message) = grpc_status(response).await;
-        assert_eq!(code, "8", "ResourceExhausted: {message}");
+        let status = grpc_status(response).await;
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
         assert_eq!(
-            message,
+            status.message(),
             format!(
                 "request message of {} bytes exceeds the limit of {} bytes",
                 u32::MAX,
@@ -696,8 +657,12 @@ async fn a_message_declaring_4_gib_split_across_frames_is_refused_at_its_header(
             .expect("send the next call");
         body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
             .expect("empty message");
-        let (code, message) = grpc_status(response.await.expect("Version answered")).await;
-        assert_eq!(code, "0", "Version on the same connection: {message}");
+        let status = grpc_status(response.await.expect("Version answered")).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::Ok,
+            "Version on the same connection: {status:?}"
+        );
 
         still_serves(&apid, &pki).await;
         backend.stop().await;
