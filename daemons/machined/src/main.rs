@@ -102,9 +102,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let filter = std::env::var("BASALT_LOG").ok();
-    if let Err(code) = start_telemetry("machined", cli.log_format, filter.as_deref()) {
-        return code;
-    }
+    // Held to the end of main: lines logged just before the exit are written.
+    let _log = match start_telemetry("machined", cli.log_format, filter.as_deref()) {
+        Ok(flush) => flush,
+        Err(code) => return code,
+    };
 
     let setup = match Setup::load(&cli) {
         Ok(setup) => setup,

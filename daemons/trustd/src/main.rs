@@ -41,9 +41,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let filter = std::env::var("BASALT_LOG").ok();
-    if let Err(code) = start_telemetry("trustd", args.log_format, filter.as_deref()) {
-        return code;
-    }
+    // Held to the end of main: lines logged just before the exit are written.
+    let _log = match start_telemetry("trustd", args.log_format, filter.as_deref()) {
+        Ok(flush) => flush,
+        Err(code) => return code,
+    };
     basalt_pki::install_crypto_provider();
 
     let config = match TrustdConfig::load(&args.config) {

@@ -1,5 +1,5 @@
 //! Process scaffolding shared by the three daemons: flag parsing, the log format flag, telemetry
-//! initialisation, `--check-config`'s answer, the runtime, the shutdown signals, exit codes, and
+//! initialisation and the batched stderr it writes to, `--check-config`'s answer, the runtime, the shutdown signals, exit codes, and
 //! the one way an error and its sources become a line of text.
 //!
 //! It holds no gRPC and no config schemas, and it never reads the process environment itself:
@@ -13,6 +13,10 @@ use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 
 use tracing_subscriber::EnvFilter;
+
+mod stderr;
+
+pub use stderr::{LogFlush, flush as flush_logs};
 
 /// Exit codes of the daemons.
 pub mod exit {
@@ -49,6 +53,9 @@ pub enum TelemetryError {
     /// A global subscriber was already installed.
     #[error("install the log subscriber: {0}")]
     Install(String),
+    /// The thread that writes log lines could not be started.
+    #[error("start the log writer thread: {0}")]
+    Writer(#[source] std::io::Error),
 }
 
 /// Parses the command line into `T`. On `--help` or `--version` clap's text goes to stdout and
@@ -65,17 +72,20 @@ pub fn parse_flags<T: clap::Parser>() -> Result<T, ExitCode> {
     })
 }
 
-/// [`init_telemetry`] for `daemon`'s `main`: on failure there is no subscriber yet, so the reason
-/// goes to stderr as `<daemon>: <error>` and the error is [`exit::USAGE`].
+/// [`init_telemetry`] for `daemon`'s `main`, which holds the returned [`LogFlush`] until it
+/// returns. On failure there is no subscriber yet, so the reason goes to stderr as
+/// `<daemon>: <error>` and the error is [`exit::USAGE`].
 pub fn start_telemetry(
     daemon: &str,
     format: LogFormat,
     filter: Option<&str>,
-) -> Result<(), ExitCode> {
-    init_telemetry(format, filter).map_err(|err| {
-        eprintln!("{daemon}: {}", error_chain(&err));
-        ExitCode::from(exit::USAGE)
-    })
+) -> Result<LogFlush, ExitCode> {
+    init_telemetry(format, filter)
+        .map(|()| LogFlush::new())
+        .map_err(|err| {
+            eprintln!("{daemon}: {}", error_chain(&err));
+            ExitCode::from(exit::USAGE)
+        })
 }
 
 /// `--check-config`'s answer for `daemon`: `<daemon>: <path> is valid` and 0, or
@@ -141,8 +151,10 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Installs the global tracing subscriber writing to stderr, filtered by `filter` (the value of
-/// `BASALT_LOG`, read by `main`) or [`DEFAULT_LOG_FILTER`].
+/// Installs the global tracing subscriber writing to stderr through one batching thread
+/// (`stderr.rs`), filtered by `filter` (the value of `BASALT_LOG`, read by `main`) or
+/// [`DEFAULT_LOG_FILTER`]. Lines logged just before an exit need [`flush_logs`] (or a
+/// [`LogFlush`] dropped) to be written.
 pub fn init_telemetry(format: LogFormat, filter: Option<&str>) -> Result<(), TelemetryError> {
     let filter = match filter {
         Some(directives) => {
@@ -156,7 +168,7 @@ pub fn init_telemetry(format: LogFormat, filter: Option<&str>) -> Result<(), Tel
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(stderr::BatchedStderr::start().map_err(TelemetryError::Writer)?);
     let result = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -516,6 +516,8 @@ impl Inner {
             Mode::Metal => {
                 let host = Arc::clone(&self.host);
                 let result = tokio::task::spawn_blocking(move || {
+                    // The last lines before the machine goes away, written before it does.
+                    basalt_daemon::flush_logs();
                     if reboot {
                         host.reboot()
                     } else {
