@@ -28,6 +28,7 @@
 //! The thread also waits [`COALESCE`] after each batch before it goes back to sleep on the
 //! channel: under steady load the next records arrive within that time, so senders find it
 //! awake and never pay for waking it, and a busy apid writes once per interval, not once per call.
+//! The loop is `basalt_daemon::drain_in_batches`, which the daemons' stderr shares.
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -113,16 +114,18 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let (done_tx, done) = oneshot::channel();
-        let writer = Writer {
-            rx,
+        let mut writer = Writer {
             queued: Arc::clone(&queued),
             out: BufWriter::with_capacity(BUFFER, out),
+            line: Vec::with_capacity(512),
+            written: Ok(()),
             failed: false,
         };
         let thread = std::thread::Builder::new()
             .name("apid-audit".to_owned())
             .spawn(move || {
-                writer.run();
+                // Until every sender is gone and the queue is empty.
+                basalt_daemon::drain_in_batches(&rx, COALESCE, &mut writer);
                 let _ = done_tx.send(());
             })
             .map_err(Error::StartAuditWriter)?;
@@ -400,47 +403,17 @@ pub(crate) fn code_name(code: Code) -> &'static str {
 
 /// The writer thread's state.
 struct Writer {
-    rx: mpsc::Receiver<Entry>,
     queued: Arc<AtomicUsize>,
     out: BufWriter<Box<dyn Write + Send>>,
+    /// The record being rendered (reused).
+    line: Vec<u8>,
+    /// The first failed write of the current batch, reported when it ends.
+    written: std::io::Result<()>,
     /// The last write failed (so the next success is worth a log line).
     failed: bool,
 }
 
 impl Writer {
-    /// Writes records until every sender is gone and the queue is empty.
-    fn run(mut self) {
-        let mut line = Vec::with_capacity(512);
-        // Sleep on the channel until a record comes.
-        while let Ok(entry) = self.rx.recv() {
-            let mut next = Some(entry);
-            loop {
-                // Write what is queued, flush once the queue is empty, then linger briefly
-                // for more before sleeping on the channel again. `BufWriter` never splits a
-                // line across two writes, so lines stay whole on a shared stderr too.
-                let mut written = Ok(());
-                while let Some(entry) = next {
-                    self.queued.fetch_sub(1, Ordering::Relaxed);
-                    line.clear();
-                    entry.render(&mut line);
-                    drop(entry);
-                    if let Err(err) = self.out.write_all(&line) {
-                        written = Err(err);
-                    }
-                    next = self.rx.try_recv().ok();
-                }
-                let flushed = self.out.flush();
-                self.report(written.and(flushed));
-                std::thread::sleep(COALESCE);
-                match self.rx.try_recv() {
-                    Ok(entry) => next = Some(entry),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => return,
-                }
-            }
-        }
-    }
-
     /// Logs the first failure and the recovery, not every record.
     fn report(&mut self, result: std::io::Result<()>) {
         match result {
@@ -457,6 +430,27 @@ impl Writer {
             }
             _ => {}
         }
+    }
+}
+
+/// `BufWriter` never splits a line across two writes, so lines stay whole on a shared stderr too.
+impl basalt_daemon::Batch<Entry> for Writer {
+    fn add(&mut self, entry: Entry) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.line.clear();
+        entry.render(&mut self.line);
+        drop(entry);
+        if let Err(err) = self.out.write_all(&self.line)
+            && self.written.is_ok()
+        {
+            self.written = Err(err);
+        }
+    }
+
+    fn end(&mut self) {
+        let written = std::mem::replace(&mut self.written, Ok(()));
+        let flushed = self.out.flush();
+        self.report(written.and(flushed));
     }
 }
 

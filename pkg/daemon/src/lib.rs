@@ -14,8 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use tracing_subscriber::EnvFilter;
 
+mod batch;
 mod stderr;
 
+pub use batch::{Batch, drain_in_batches};
 pub use stderr::{LogFlush, flush as flush_logs};
 
 /// Exit codes of the daemons.

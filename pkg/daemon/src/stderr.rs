@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::sync::OnceLock;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -144,37 +144,41 @@ impl Drop for LogFlush {
     }
 }
 
-/// The thread: sleep on the channel, write what has queued, linger, repeat.
-fn write_loop<W: Write>(rx: Receiver<Message>, mut out: W) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        loop {
-            while let Some(message) = next {
-                match message {
-                    Message::Line(line) => {
-                        if batch.len() + line.len() > BATCH {
-                            write_batch(&mut out, &mut batch);
-                        }
-                        batch.extend_from_slice(&line);
-                    }
-                    Message::Flush(ack) => acks.push(ack),
+/// The thread's state: the batch being built, and the flushes waiting for it.
+struct Lines<W> {
+    out: W,
+    batch: Vec<u8>,
+    acks: Vec<mpsc::Sender<()>>,
+}
+
+impl<W: Write> crate::Batch<Message> for Lines<W> {
+    fn add(&mut self, message: Message) {
+        match message {
+            Message::Line(line) => {
+                if self.batch.len() + line.len() > BATCH {
+                    write_batch(&mut self.out, &mut self.batch);
                 }
-                next = rx.try_recv().ok();
+                self.batch.extend_from_slice(&line);
             }
-            write_batch(&mut out, &mut batch);
-            for ack in acks.drain(..) {
-                let _ = ack.send(());
-            }
-            std::thread::sleep(LINGER);
-            match rx.try_recv() {
-                Ok(message) => next = Some(message),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return,
-            }
+            Message::Flush(ack) => self.acks.push(ack),
         }
     }
+
+    fn end(&mut self) {
+        write_batch(&mut self.out, &mut self.batch);
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn write_loop<W: Write>(rx: Receiver<Message>, out: W) {
+    let mut lines = Lines {
+        out,
+        batch: Vec::with_capacity(BATCH),
+        acks: Vec::new(),
+    };
+    crate::drain_in_batches(&rx, LINGER, &mut lines);
 }
 
 /// A failed write of the log has nowhere to be reported; like tracing-subscriber's own stderr
