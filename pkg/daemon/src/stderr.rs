@@ -11,12 +11,13 @@
 //! Nothing is dropped: the channel is bounded and a sender waits when it is full, as it waited
 //! on a full pipe before. A line waits at most [`LINGER`] plus the write of the batch ahead of
 //! it. [`flush`] (called by [`LogFlush`] at the end of `main`, and before a reboot) returns once
-//! everything logged before it is written.
+//! everything logged before it is written. A panic flushes too, before the standard hook prints
+//! its message straight to stderr, so the message comes after the lines that led up to it.
 
 use std::io::Write;
 use std::sync::OnceLock;
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -31,6 +32,9 @@ const BATCH: usize = 64 * 1024;
 
 /// How long [`flush`] waits for the thread: a stderr nobody reads must not hang an exit.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// The writer thread's name; a panic on it must not wait for itself.
+const THREAD_NAME: &str = "log-writer";
 
 enum Message {
     Line(Vec<u8>),
@@ -54,17 +58,29 @@ impl BatchedStderr {
             return Ok(Self { tx: tx.clone() });
         }
         let tx = spawn(std::io::stderr())?;
-        Ok(Self {
-            tx: SENDER.get_or_init(|| tx).clone(),
-        })
+        let tx = SENDER.get_or_init(|| tx).clone();
+        flush_before_panic_messages();
+        Ok(Self { tx })
     }
+}
+
+/// Wraps the panic hook: the standard hook writes its message straight to stderr, ahead of any
+/// lines still queued for the thread, which usually say what led up to the panic.
+fn flush_before_panic_messages() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(THREAD_NAME) {
+            flush();
+        }
+        print(info);
+    }));
 }
 
 /// Starts a writer thread for `out`.
 fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<SyncSender<Message>> {
     let (tx, rx) = mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
-        .name("log-writer".into())
+        .name(THREAD_NAME.into())
         .spawn(move || write_loop(rx, out))?;
     Ok(tx)
 }
@@ -111,7 +127,7 @@ impl Drop for LineWriter<'_> {
     }
 }
 
-/// Waits (up to 2 s) until every line logged before this call is written. A no-op before
+/// Waits (up to 2 s in all) until every line logged before this call is written. A no-op before
 /// telemetry is set up.
 pub fn flush() {
     if let Some(tx) = SENDER.get() {
@@ -120,10 +136,22 @@ pub fn flush() {
 }
 
 fn flush_through(tx: &SyncSender<Message>) {
+    let deadline = Instant::now() + FLUSH_WAIT;
     let (ack, done) = mpsc::channel();
-    if tx.send(Message::Flush(ack)).is_ok() {
-        let _ = done.recv_timeout(FLUSH_WAIT);
+    let mut message = Message::Flush(ack);
+    // Not `send`: a queue that stays full means the thread is stuck writing to a stderr nobody
+    // reads, and `send` would wait for it for ever.
+    loop {
+        match tx.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                message = again;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
     }
+    let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
 /// Flushes the log when dropped: `main` holds it, so lines logged just before the process exits
@@ -274,6 +302,45 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(out.writes() <= 2);
+    }
+
+    /// A stderr nobody reads: every write waits until the test lets it go.
+    struct Stuck(Arc<Mutex<()>>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            drop(self.0.lock().expect("stuck"));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flush_gives_up_when_the_queue_stays_full() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().expect("gate");
+        let tx = spawn(Stuck(Arc::clone(&gate))).expect("spawn");
+        // The thread takes the first line and waits in its write; the rest fill the queue.
+        let mut queued = 0;
+        while tx.try_send(Message::Line(b"x\n".to_vec())).is_ok() {
+            queued += 1;
+            assert!(queued <= QUEUE + BATCH, "the queue never filled");
+        }
+        let (done_tx, done) = mpsc::channel();
+        let flusher = tx.clone();
+        std::thread::spawn(move || {
+            flush_through(&flusher);
+            let _ = done_tx.send(());
+        });
+        // Bounded: FLUSH_WAIT is 2 s; a flush stuck in `send` would never answer.
+        let answered = done.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        assert!(
+            answered.is_ok(),
+            "flush waited for a full queue past FLUSH_WAIT"
+        );
     }
 
     #[test]
