@@ -258,7 +258,10 @@ impl ConnectionSlot {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
-        let connection = connect().await?;
+        // Boxed: connecting is rare, and its future (unix or TLS connect plus the HTTP/2
+        // handshake) is kilobytes. Inline, it made every call's future that large, and hyper
+        // copies each call's future into the heap (docs/BENCHMARKS.md).
+        let connection = Box::pin(connect()).await?;
         let sender = connection.sender.clone();
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
         Ok(sender)

@@ -405,7 +405,9 @@ fn spawn_connection(
         })
     });
     let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
-    connections.spawn(async move {
+    // Boxed, like the handshake's task (basalt_grpc::tls): the connection's future is kilobytes,
+    // and tokio moves it by value several times while spawning it and as it finishes.
+    connections.spawn(Box::pin(async move {
         tokio::select! {
             result = connection => {
                 if let Err(err) = result {
@@ -425,7 +427,7 @@ fn spawn_connection(
         // The connection is gone: it leaves the registry and frees its per-address place.
         drop(registration);
         drop(admitted);
-    });
+    }));
 }
 
 /// Live counters of what the per-client limits refused; see [`Bound::limit_stats`].

@@ -163,7 +163,9 @@ impl TlsAcceptLoop {
             let timeout = self.handshake_timeout;
             let stats = self.stats.clone();
             let tx = tx.clone();
-            handshakes.spawn(async move {
+            // Boxed: tokio moves a task's future by value several times while spawning it and
+            // again as it finishes, and this one holds a TLS handshake (about 4 KiB).
+            handshakes.spawn(Box::pin(async move {
                 let _permit = permit;
                 let result = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
                 match result {
@@ -199,7 +201,7 @@ impl TlsAcceptLoop {
                         );
                     }
                 }
-            });
+            }));
         }
         handshakes.shutdown().await;
     }
