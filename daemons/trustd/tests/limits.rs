@@ -189,3 +189,83 @@ async fn lockout_ends_after_its_duration() {
     })
     .await;
 }
+
+/// The `n`th distinct loopback source after 127.0.0.x: all of 127/8 is local on Linux, so a
+/// client can bind any of them without configuring an address.
+fn nth_peer(n: usize) -> IpAddr {
+    let n = u32::try_from(n).expect("a small n") + 1;
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + n))
+}
+
+/// docs/SECURITY.md #43's bound, with real sockets: the peer table holds `MAX_TRACKED_PEERS`
+/// peers without dropping one that has state; past that, the least recently seen goes. A
+/// locked-out peer that keeps trying stays fresh, so it stays locked out; an idle one ages out
+/// once that many other addresses have called since (the price of a bounded table, as the
+/// limiter's docs say).
+#[tokio::test]
+async fn the_peer_table_holds_its_bound_then_drops_the_least_recently_seen() {
+    // 4,100 handshakes against a debug trustd: longer than the usual deadline.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let pki = Pki::new();
+        let trustd = Trustd::start(&pki).await;
+        let guess = Some("guess.0123456789abcdef");
+        let request = csr();
+        let bad_token_from = |source: IpAddr| {
+            let mut client = trustd.client_from(source);
+            let request = request.clone();
+            async move {
+                let status = certificate(&mut client, request, guess)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| panic!("{source}: a bad token was accepted"));
+                assert_eq!(status.code(), Code::Unauthenticated, "{source}: {status:?}");
+            }
+        };
+        let locked = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        for _ in 0..5 {
+            bad_token_from(locked).await;
+        }
+
+        // One bad token from each of as many other peers as fills the table exactly: every
+        // entry has state (a failure or the lockout), so none may be dropped.
+        let others: Vec<usize> = (0..trustd::MAX_TRACKED_PEERS - 1).collect();
+        for batch in others.chunks(32) {
+            let mut calls = tokio::task::JoinSet::new();
+            for &n in batch {
+                calls.spawn(bad_token_from(nth_peer(n)));
+            }
+            while let Some(call) = calls.join_next().await {
+                call.expect("a call's task");
+            }
+        }
+        let still_locked = |what: &'static str| {
+            let mut client = trustd.client_from(locked);
+            let request = request.clone();
+            async move {
+                let status = certificate(&mut client, request, Some(TOKEN))
+                    .await
+                    .err()
+                    .unwrap_or_else(|| panic!("{what}: the locked-out peer got a certificate"));
+                assert_eq!(status.code(), Code::ResourceExhausted, "{what}: {status:?}");
+            }
+        };
+        still_locked("with the table full").await;
+
+        // One peer more: the least recently seen entry goes. That is the first of the others
+        // (the locked-out peer was just seen), so its one failure is forgotten: four more
+        // bad tokens do not lock it out, and its good token is answered.
+        bad_token_from(nth_peer(others.len())).await;
+        let first = nth_peer(0);
+        for _ in 0..4 {
+            bad_token_from(first).await;
+        }
+        certificate(&mut trustd.client_from(first), request.clone(), Some(TOKEN))
+            .await
+            .expect("the first peer's earlier failure was dropped with its entry");
+        still_locked("after the table dropped its oldest entries").await;
+        assert_eq!(trustd.journal().len(), 1);
+        trustd.stop().await;
+    })
+    .await
+    .expect("test exceeded its deadline");
+}
