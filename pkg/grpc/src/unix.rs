@@ -9,7 +9,9 @@
 //!
 //! [`ReadInterestUnixStream`] registers the socket for reads only. Writes go straight to the
 //! socket, which almost always has room. Only a write that finds it full registers a clone of
-//! the socket for writes, and drops it once that write has gone through.
+//! the socket for writes, and drops it once that write has gone through. That clone is one
+//! descriptor more: with none left, the write fails with EMFILE, having written nothing, and
+//! the stream stays usable (apid's HTTP/2 link on it ends, and the next call connects again).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -157,6 +159,8 @@ impl AsyncWrite for ReadInterestUnixStream {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -230,6 +234,89 @@ mod tests {
             got.len(),
             expected.len()
         );
+    }
+
+    /// Set in the child that runs under a low descriptor limit.
+    const LOW_FD_CHILD: &str = "BASALT_GRPC_TEST_LOW_FD_CHILD";
+    const LOW_FD_TEST: &str =
+        "unix::tests::a_full_socket_with_no_descriptor_left_is_an_error_not_a_hang";
+
+    /// A write that finds the socket full needs one descriptor more: the clone it waits on.
+    /// With none left, that write fails with EMFILE at once, having written nothing. Once a
+    /// descriptor is free again, the same stream writes and the peer reads every byte. The test
+    /// runs in a child under `ulimit -n`, because running out of descriptors here would break
+    /// the tests beside it.
+    #[test]
+    fn a_full_socket_with_no_descriptor_left_is_an_error_not_a_hang() {
+        if std::env::var_os(LOW_FD_CHILD).is_some() {
+            run_out_of_descriptors();
+            return;
+        }
+        let exe = std::env::current_exe().expect("this test binary");
+        let out = std::process::Command::new("sh")
+            .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+            .arg(exe)
+            .args(["--exact", LOW_FD_TEST, "--nocapture", "--test-threads=1"])
+            .env(LOW_FD_CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn run_out_of_descriptors() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (ours, mut theirs) = UnixStream::pair().expect("pair");
+            let mut ours = ReadInterestUnixStream::new(ours).expect("register");
+            // Fill the socket behind the stream's back, so no write of its own has waited yet.
+            let mut queued = 0;
+            loop {
+                match ours.socket.get_ref().write(&[7; 4096]) {
+                    Ok(n) => queued += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("filling the socket: {err}"),
+                }
+            }
+            let mut held = Vec::new();
+            let exhausted = loop {
+                match std::fs::File::open("/dev/null") {
+                    Ok(file) => held.push(file),
+                    Err(err) => break err,
+                }
+            };
+            assert_eq!(exhausted.raw_os_error(), Some(24), "{exhausted}"); // EMFILE
+
+            let failed = tokio::time::timeout(Duration::from_secs(10), ours.write(b"more"))
+                .await
+                .expect("the write answered at once");
+            let err = failed.expect_err("no descriptor for the clone");
+            assert_eq!(err.raw_os_error(), Some(24), "{err}");
+            assert!(ours.write_waiter.is_none());
+
+            drop(held.pop());
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                theirs.read_to_end(&mut got).await.expect("read");
+                got
+            });
+            tokio::time::timeout(Duration::from_secs(10), ours.write_all(b"more"))
+                .await
+                .expect("the write went through once the peer read")
+                .expect("write");
+            ours.shutdown().await.expect("shutdown");
+            let got = reader.await.expect("reader");
+            assert_eq!(got.len(), queued + 4, "the failed write wrote nothing");
+            assert!(got.ends_with(b"more"));
+        });
     }
 
     #[tokio::test]
