@@ -31,7 +31,8 @@
 #   BENCH_PROFILE (release; "debug" for a quick rehearsal), BENCH_OUT (docs/bench),
 #   BENCH_DOC (docs/BENCHMARKS.md), BENCH_NO_BUILD=1 (use the binaries already in target/),
 #   BENCH_NO_INSTALL=1 (never apt-get; fail if nginx or cfssl is missing), BENCH_KEEP=DIR (also
-#   copy the raw JSON there), BENCH_STEP_TIMEOUT (180 s for any one measuring command).
+#   copy the raw JSON there), BENCH_STEP_TIMEOUT (180 s for any one measuring command),
+#   BENCH_APID_BIN and BENCH_MACHINED_BIN (another build of either daemon, for an A/B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -150,7 +151,8 @@ socket="$work/run/machined.sock"
 admin="$work/cfg/basaltconfig"
 
 apid_bin=${BENCH_APID_BIN:-$BIN/apid}
-BASALT_LOG=${BASALT_LOG:-warn} "$BIN/machined" --config "$work/cfg/controlplane.yaml" \
+machined_bin=${BENCH_MACHINED_BIN:-$BIN/machined}
+BASALT_LOG=${BASALT_LOG:-warn} "$machined_bin" --config "$work/cfg/controlplane.yaml" \
     --state "$work/state" --socket "$socket" --apid-bin "$apid_bin" >"$work/machined.log" 2>&1 &
 mpid=$!
 

@@ -190,8 +190,8 @@ async fn lockout_ends_after_its_duration() {
     .await;
 }
 
-/// The `n`th distinct loopback source after 127.0.0.x: all of 127/8 is local on Linux, so a
-/// client can bind any of them without configuring an address.
+/// The `n`th of the distinct loopback sources from 127.1.0.1 on: all of 127/8 is local on
+/// Linux, so a client can bind any of them without configuring an address.
 fn nth_peer(n: usize) -> IpAddr {
     let n = u32::try_from(n).expect("a small n") + 1;
     IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + n))
