@@ -2,7 +2,8 @@
 //! apid below the gRPC layer: certificates nobody should accept (self-signed, a chain too long,
 //! a huge one), bytes that are not TLS, HTTP/2 frames written by hand (oversized header blocks,
 //! CONTINUATION floods, more streams than allowed, rapid reset), and load (1,000 idle
-//! connections, more silent handshakes than the accept loop takes at once).
+//! connections, more silent handshakes than the accept loop takes at once, no file descriptor
+//! left).
 //!
 //! Every test ends by showing apid still serves a normal call.
 
@@ -901,12 +902,26 @@ async fn more_silent_handshakes_than_the_accept_loop_takes_all_time_out_and_clie
 struct ApidProcess {
     child: std::process::Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ApidProcess {
+    /// apid with its backend, as a node runs it.
     async fn start(pki: &Pki) -> (Self, support::Backend) {
         let dir = support::short_tempdir();
+        let backend = support::Backend::start(&dir.path().join("machined.sock")).await;
+        (Self::spawn(pki, dir, None, "").await, backend)
+    }
+
+    /// apid alone (machined's socket is `<dir>/machined.sock`), with `extra_config` appended to
+    /// its apid.yaml and, if given, at most `max_open_files` descriptors (`ulimit -n`). Its
+    /// warnings go to [`Self::log`].
+    async fn spawn(
+        pki: &Pki,
+        dir: tempfile::TempDir,
+        max_open_files: Option<u32>,
+        extra_config: &str,
+    ) -> Self {
         let d = dir.path();
         std::fs::write(d.join("server.crt"), &pki.server.cert).expect("write cert");
         std::fs::write(d.join("server.key"), &pki.server.key).expect("write key");
@@ -923,34 +938,43 @@ impl ApidProcess {
                 "listen: 127.0.0.1:{port}\n\
                  tls: {{cert: {d}/server.crt, key: {d}/server.key, ca: {d}/ca.pem}}\n\
                  machinedSocket: {d}/machined.sock\n\
-                 audit: {{path: {d}/audit.log}}\n",
+                 audit: {{path: {d}/audit.log}}\n\
+                 {extra_config}",
                 d = d.display()
             ),
         )
         .expect("write config");
-        let backend = support::Backend::start(&d.join("machined.sock")).await;
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_apid"))
+        let log = std::fs::File::create(d.join("apid.log")).expect("create apid.log");
+        // The shell sets the limit and then becomes apid (same pid), so the limit is apid's.
+        let limit = max_open_files.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"[ "$1" = unlimited ] || ulimit -n "$1" || exit 97; shift; exec "$@""#)
+            .arg("sh")
+            .arg(limit)
+            .arg(env!("CARGO_BIN_EXE_apid"))
             .arg("--config")
             .arg(&config)
-            .env("BASALT_LOG", "error")
+            .env("BASALT_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn apid");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let process = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
+        let process = Self { child, addr, dir };
         // Readiness: the port accepts connections (bounded poll).
         for _ in 0..500 {
             if TcpStream::connect(addr).await.is_ok() {
-                return (process, backend);
+                return process;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("apid did not start listening on {addr}");
+    }
+
+    /// What apid has logged so far (warnings and errors).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("apid.log")).expect("read apid.log")
     }
 
     /// VmRSS of the apid process, in KiB.
@@ -1038,6 +1062,82 @@ async fn a_thousand_idle_connections_keep_apid_memory_bounded_and_new_clients_se
         );
         drop(idle);
         apid.version(&pki).await.expect("served after they close");
+        drop(apid);
+        backend.stop().await;
+    })
+    .await
+    .expect("test exceeded its deadline");
+}
+
+/// Descriptors apid may use in the exhaustion test: a few dozen above what it needs to start.
+const SCARCE_DESCRIPTORS: u32 = 64;
+
+#[tokio::test]
+async fn out_of_descriptors_apid_backs_off_reports_the_cause_and_recovers() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let dir = support::short_tempdir();
+        let socket = dir.path().join("machined.sock");
+        // Silent sockets must keep their descriptors for the whole test.
+        let apid = ApidProcess::spawn(
+            &pki,
+            dir,
+            Some(SCARCE_DESCRIPTORS),
+            "handshakeTimeout: 60s\n",
+        )
+        .await;
+        let admin = pki.client(&["os:admin"]);
+        let mut held = machine_client(support::channel(apid.addr, pki.ca_pem(), Some(&admin)));
+        // This opens the client's connection; machined is not running yet.
+        let status = version(&mut held).await.expect_err("no machined yet");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+        // More silent TCP connections than apid has descriptors for: the rest wait in the
+        // kernel's backlog, and every accept apid tries fails with EMFILE.
+        let mut silent = Vec::new();
+        for _ in 0..2 * SCARCE_DESCRIPTORS {
+            silent.push(TcpStream::connect(apid.addr).await.expect("connect"));
+        }
+        eventually_within(Duration::from_secs(10), "accept fails with EMFILE", || {
+            apid.log().contains("Too many open files")
+        })
+        .await;
+
+        // A call on the held connection that needs a new connection to machined gets the
+        // cause, not a hang.
+        let backend = support::Backend::start(&socket).await;
+        let status = version(&mut held)
+            .await
+            .expect_err("no descriptor for machined");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("machined is not reachable at")
+                && status.message().contains("Too many open files"),
+            "{status:?}"
+        );
+
+        // The accept loop backs off between failures instead of spinning: about ten a second.
+        let failures = || apid.log().matches("TCP accept failed").count();
+        let before = failures();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let during = failures() - before;
+        assert!(
+            during <= 30,
+            "{during} failed accepts logged in one second: the loop spins"
+        );
+
+        // Descriptors freed: the held connection reaches machined, and new clients are served.
+        drop(silent);
+        let mut recovered = false;
+        for _ in 0..100 {
+            if version(&mut held).await.is_ok() {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(recovered, "held connection never reached machined again");
+        apid.version(&pki).await.expect("a new client is served");
         drop(apid);
         backend.stop().await;
     })
