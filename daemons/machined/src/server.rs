@@ -9,12 +9,10 @@ use basalt_api::basalt::v1::config_service_server::ConfigServiceServer;
 use basalt_api::basalt::v1::diagnostics_service_server::DiagnosticsServiceServer;
 use basalt_api::basalt::v1::revocation_service_server::RevocationServiceServer;
 use basalt_api::machine::machine_service_server::MachineServiceServer;
-use basalt_grpc::ReadInterestUnixStream;
+use basalt_grpc::UnixIncoming;
 use basalt_sys::Host;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::Error;
 use crate::apid::{self, ApidFiles};
@@ -419,19 +417,8 @@ impl Bound {
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         // Registered for reads only: apid reading a reply would otherwise wake machined. A
-        // connection that cannot be registered is closed and the server keeps accepting (tonic
-        // skips errors of the incoming stream); only that failure is logged here, since accept
-        // errors repeat while they last.
-        let incoming = UnixListenerStream::new(listener).map(|accepted| {
-            accepted.and_then(|stream| {
-                ReadInterestUnixStream::new(stream).inspect_err(|err| {
-                    tracing::warn!(
-                        error = err as &dyn std::error::Error,
-                        "Cannot register an accepted connection with the reactor; closed it"
-                    );
-                })
-            })
-        });
+        // failed accept (EMFILE) pauses the loop instead of spinning on it.
+        let incoming = UnixIncoming::new(listener);
         let serve = router.serve_with_incoming_shutdown(incoming, async move {
             // Either a send or the sender being dropped starts the drain.
             let _ = drain_rx.await;

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
+use basalt_api::machine::machine_service_client::MachineServiceClient;
 use machined::{Config, Error, Server};
 use support::{Machined, short_tempdir, with_roles, within_deadline};
 
@@ -87,6 +88,141 @@ async fn a_second_server_on_a_live_socket_is_refused() {
             .expect_err("socket in use");
         assert!(matches!(err, Error::PrepareSocket { .. }), "{err:?}");
         machined.stop().await;
+    })
+    .await;
+}
+
+// === out of descriptors ===
+
+/// Descriptors machined may use in the exhaustion test: a score above what it starts with.
+const SCARCE_DESCRIPTORS: u32 = 32;
+
+/// The real machined in its own process (so it can run out of descriptors alone), under
+/// `ulimit -n`, with its warnings in `<dir>/machined.log`. Killed when dropped.
+struct ScarceMachined {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+}
+
+impl ScarceMachined {
+    fn spawn(max_open_files: u32) -> Self {
+        let dir = short_tempdir();
+        let d = dir.path();
+        let config = d.join("seed.yaml");
+        std::fs::write(
+            &config,
+            // A worker's config; its CA certificate is only ever decoded, never used here.
+            "version: v1alpha1\n\
+             machine:\n  \
+               type: worker\n  \
+               hostname: scarce\n  \
+               token: abcdef.0123456789abcdef\n  \
+               ca: {crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJQekNCOHFBREFnRUNBaEVBCi0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K}\n\
+             cluster: {name: dev, endpoints: [127.0.0.1]}\n",
+        )
+        .expect("write config");
+        let log = std::fs::File::create(d.join("machined.log")).expect("create machined.log");
+        // The shell sets the limit and then becomes machined (same pid).
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -n "$1" || exit 97; shift; exec "$@""#)
+            .arg("sh")
+            .arg(max_open_files.to_string())
+            .arg(env!("CARGO_BIN_EXE_machined"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state")
+            .arg(d)
+            .arg("--no-apid")
+            .env("BASALT_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn machined");
+        let socket = d.join("run/machined.sock");
+        Self { child, dir, socket }
+    }
+
+    /// What machined has logged so far (warnings and errors).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("machined.log")).expect("read machined.log")
+    }
+
+    /// CPU time machined has used so far, in clock ticks (user + system, /proc/PID/stat).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read /proc/<machined>/stat");
+        // Fields after the command name, which ends at the last ')': state is field 3, utime 14.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    }
+}
+
+impl Drop for ScarceMachined {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 20 ms for at most 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn out_of_descriptors_machined_backs_off_keeps_serving_and_recovers() {
+    within_deadline(async {
+        let machined = ScarceMachined::spawn(SCARCE_DESCRIPTORS);
+        eventually("machined listens", || {
+            std::os::unix::net::UnixStream::connect(&machined.socket).is_ok()
+        })
+        .await;
+        let mut held = MachineServiceClient::new(support::connect(&machined.socket).await);
+        held.version(with_roles((), &["os:reader"]))
+            .await
+            .expect("first call");
+
+        // More connections than machined has descriptors for: the rest wait in the backlog,
+        // and every accept machined tries fails with EMFILE.
+        let waiting: Vec<_> = (0..2 * SCARCE_DESCRIPTORS)
+            .map(|_| std::os::unix::net::UnixStream::connect(&machined.socket).expect("connect"))
+            .collect();
+        eventually("accept fails with EMFILE", || {
+            machined.log().contains("Too many open files")
+        })
+        .await;
+
+        // It backs off between failures instead of spinning on them: about ten a second, and
+        // next to no CPU (a spinning loop takes a whole core: 100 ticks a second).
+        let failures = || machined.log().matches("Unix socket accept failed").count();
+        let (failed_before, cpu_before) = (failures(), machined.cpu_ticks());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let failed = failures() - failed_before;
+        let cpu = machined.cpu_ticks() - cpu_before;
+        assert!(failed <= 30, "{failed} failed accepts logged in one second");
+        assert!(cpu < 50, "machined used {cpu} ticks of CPU in one second");
+
+        // The connection it holds is served meanwhile; once descriptors are free, new
+        // clients are too.
+        held.version(with_roles((), &["os:reader"]))
+            .await
+            .expect("held connection served while out of descriptors");
+        drop(waiting);
+        let mut fresh = MachineServiceClient::new(support::connect(&machined.socket).await);
+        fresh
+            .version(with_roles((), &["os:reader"]))
+            .await
+            .expect("a new client is served");
     })
     .await;
 }

@@ -15,7 +15,9 @@
 //! - [`metrics`]: a bounded `GET /metrics` endpoint (plain HTTP/1.1) and a Prometheus text
 //!   encoder; each daemon supplies what to render.
 //! - [`unix`]: the unix stream of the link between apid and machined, used at both ends; it
-//!   is registered with the reactor for reads only ([`ReadInterestUnixStream`]).
+//!   is registered with the reactor for reads only ([`ReadInterestUnixStream`]). machined's
+//!   listener hands tonic such streams through [`UnixIncoming`], which backs off after a
+//!   failed accept.
 //! - [`internal`]: the one way to turn an unexpected error into a gRPC `Internal` status
 //!   without leaking its text.
 //!
@@ -42,7 +44,12 @@ pub use crate::tls::{
     Admission, Admitted, HandshakeFailure, HandshakeStats, HandshakeStatsHandle, TlsAcceptLoop,
     TlsConnection,
 };
-pub use crate::unix::ReadInterestUnixStream;
+pub use crate::unix::{ReadInterestUnixStream, UnixIncoming};
+
+/// How long every accept loop here waits after a failed accept (EMFILE, most often) before it
+/// tries again. The listener stays readable while connections wait in the backlog, so
+/// retrying at once would spin on the same error.
+pub(crate) const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Turns an error nobody expected into `Internal`: the whole chain goes to the log at error
 /// level, the peer gets a generic message (STYLE §3: internals never leak to callers).

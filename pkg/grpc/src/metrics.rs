@@ -123,7 +123,7 @@ impl MetricsListener {
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     warn!(error = %err, "Metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(crate::ACCEPT_ERROR_BACKOFF).await;
                 }
             }
         }

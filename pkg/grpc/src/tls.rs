@@ -28,9 +28,6 @@ use tracing::{debug, warn};
 /// backlog. Bounds the memory a flood of silent connections can pin.
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
 
-/// Back-off after an accept error such as EMFILE, so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// A connection whose TLS handshake completed: the client certificate (if the config asks for
 /// one) has been verified.
 #[derive(Debug)]
@@ -141,7 +138,7 @@ impl TlsAcceptLoop {
                     // Per-connection errors (reset before accept) are harmless; resource
                     // exhaustion needs a pause so the loop does not spin.
                     warn!(error = &err as &dyn std::error::Error, "TCP accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    tokio::time::sleep(crate::ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             };

@@ -12,7 +12,12 @@
 //! the socket for writes, and drops it once that write has gone through. That clone is one
 //! descriptor more: with none left, the write fails with EMFILE, having written nothing, and
 //! the stream stays usable (apid's HTTP/2 link on it ends, and the next call connects again).
+//!
+//! machined's listener hands tonic its connections through [`UnixIncoming`], which wraps each
+//! in a [`ReadInterestUnixStream`] and pauses after a failed accept instead of spinning.
 
+use std::convert::Infallible;
+use std::future::Future as _;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -21,8 +26,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::Sleep;
+use tokio_stream::Stream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
+use tracing::warn;
 
 /// A connected unix stream whose reactor registration is for reads only; see the module docs.
 #[derive(Debug)]
@@ -154,6 +162,62 @@ impl AsyncWrite for ReadInterestUnixStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.socket.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
+/// The connections a unix listener accepts, as tonic's `serve_with_incoming` takes them,
+/// each a [`ReadInterestUnixStream`].
+///
+/// A failed accept (out of descriptors, most often) is logged, and the next waits
+/// [`ACCEPT_ERROR_BACKOFF`](crate::ACCEPT_ERROR_BACKOFF). tonic retries at once after an
+/// error of its incoming stream, and the listener stays readable while connections wait in
+/// the backlog, so without the pause the server would spin on EMFILE. A connection that
+/// cannot be registered with the reactor is logged and closed. The stream never ends and
+/// never yields an error.
+#[derive(Debug)]
+pub struct UnixIncoming {
+    listener: UnixListener,
+    /// Set after a failed accept; no accept is tried until it fires.
+    backoff: Option<Pin<Box<Sleep>>>,
+}
+
+impl UnixIncoming {
+    /// The connections `listener` accepts from now on.
+    pub fn new(listener: UnixListener) -> Self {
+        Self {
+            listener,
+            backoff: None,
+        }
+    }
+}
+
+impl Stream for UnixIncoming {
+    type Item = Result<ReadInterestUnixStream, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(backoff) = &mut this.backoff {
+                ready!(backoff.as_mut().poll(cx));
+                this.backoff = None;
+            }
+            match ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, _)) => match ReadInterestUnixStream::new(stream) {
+                    Ok(stream) => return Poll::Ready(Some(Ok(stream))),
+                    Err(err) => warn!(
+                        error = &err as &dyn std::error::Error,
+                        "Cannot register an accepted connection with the reactor; closed it"
+                    ),
+                },
+                Err(err) => {
+                    warn!(
+                        error = &err as &dyn std::error::Error,
+                        "Unix socket accept failed"
+                    );
+                    this.backoff = Some(Box::pin(tokio::time::sleep(crate::ACCEPT_ERROR_BACKOFF)));
+                }
+            }
+        }
     }
 }
 
