@@ -21,7 +21,10 @@
 //! own records are all `kern`.
 //!
 //! Opening fails without the right to read the log (unprivileged, `dmesg_restrict`, a
-//! container without `/dev/kmsg`): the call answers FailedPrecondition saying why.
+//! container without `/dev/kmsg`): the call answers FailedPrecondition saying why. A device that
+//! reads as end of file (a container with `/dev/null` mounted over it) gives an empty log, and a
+//! follow of it FailedPrecondition: `poll(2)` reports end of file as readable, so a follower
+//! would spin.
 
 use std::fs::File;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
@@ -86,6 +89,9 @@ enum Read {
     Record(common::Data),
     /// Nothing more for now (`EAGAIN`).
     Empty,
+    /// End of file. `/dev/kmsg` never returns it, so the path is not the kernel log device
+    /// (containers sometimes mount `/dev/null` over it); there is nothing to follow.
+    End,
     /// Try again (`EPIPE`: records were overwritten; `EINTR`).
     Retry,
     /// A read error that ends the stream.
@@ -95,7 +101,7 @@ enum Read {
 fn read_one(file: &File, buf: &mut [u8], boot: i64) -> Read {
     let mut reader = file;
     match reader.read(buf) {
-        Ok(0) => Read::Empty,
+        Ok(0) => Read::End,
         Ok(n) => Read::Record(record_data(&buf[..n], boot)),
         Err(err) => match err.kind() {
             io::ErrorKind::WouldBlock => Read::Empty,
@@ -118,7 +124,19 @@ fn pump(file: &File, boot: i64, follow: bool, sink: &Sink<common::Data>) {
             }
             Read::Retry => {}
             Read::Failed(source) => return fail(sink, "read", source),
-            Read::Empty if !follow => return,
+            Read::Empty | Read::End if !follow => return,
+            // poll(2) reports end of file as readable, so waiting for more would spin.
+            Read::End => {
+                return sink.fail(
+                    Error::KernelLog {
+                        reason: format!(
+                            "{KMSG}: end of file, which the kernel log device never returns \
+                             (is something else mounted over it?); nothing to follow"
+                        ),
+                    }
+                    .into(),
+                );
+            }
             Read::Empty => loop {
                 if sink.is_closed() {
                     tracing::debug!("Dmesg follow stopped: the client went away");
@@ -345,6 +363,41 @@ mod tests {
         std::fs::write(&stat, "cpu  1 2 3\n").expect("write");
         assert!(boot_time(&stat).is_err());
         assert!(boot_time(Path::new("/proc/stat")).expect("real btime") > 0);
+    }
+
+    #[tokio::test]
+    async fn a_device_at_end_of_file_ends_the_stream_or_fails_a_follow_instead_of_spinning() {
+        use tokio_stream::StreamExt as _;
+
+        // /dev/null mounted over /dev/kmsg reads as end of file at once.
+        let request = DmesgRequest::default();
+        let mut plain =
+            stream(Path::new("/dev/null"), Path::new(PROC_STAT), request).expect("open /dev/null");
+        assert!(
+            plain.next().await.is_none(),
+            "no records, and the stream ends"
+        );
+
+        let request = DmesgRequest {
+            follow: true,
+            ..DmesgRequest::default()
+        };
+        let mut followed =
+            stream(Path::new("/dev/null"), Path::new(PROC_STAT), request).expect("open /dev/null");
+        let answer = tokio::time::timeout(Duration::from_secs(10), followed.next())
+            .await
+            .expect("the follower answers instead of waiting on end of file");
+        let status = answer.expect("an item").expect_err("a refusal");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "cannot read the kernel log: /dev/kmsg: end of file, which the kernel log device \
+             never returns (is something else mounted over it?); nothing to follow"
+        );
+        assert!(
+            followed.next().await.is_none(),
+            "the stream ends after the refusal"
+        );
     }
 
     #[tokio::test]
