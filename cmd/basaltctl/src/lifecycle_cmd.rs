@@ -967,6 +967,9 @@ async fn follow_events(
                         "node {name}: connection lost ({}); reconnecting…",
                         status.message()
                     );
+                    // Paced like a failed open: a stream that breaks again right after each
+                    // reopen must not turn this into a busy loop.
+                    tokio::time::sleep(RETRY_INTERVAL).await;
                     waiting = true;
                     break;
                 }
