@@ -159,7 +159,7 @@ pub(crate) fn uuid_v4() -> io::Result<String> {
 fn format_uuid_v4(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = basalt_pki::hex(&bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

@@ -123,11 +123,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn fingerprint_of(digest: &[u8; 32]) -> String {
-    digest
-        .iter()
-        .take(FINGERPRINT_HEX_DIGITS / 2)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    basalt_pki::hex(&digest[..FINGERPRINT_HEX_DIGITS / 2])
 }
 
 #[cfg(test)]

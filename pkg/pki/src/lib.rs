@@ -44,7 +44,7 @@ pub use crate::ca::{
 };
 pub use crate::csr::{Csr, build_csr};
 pub use crate::error::Error;
-pub use crate::identity::{ExtKeyUsage, Identity};
+pub use crate::identity::{ExtKeyUsage, Identity, hex};
 pub use crate::issuer::{is_issued_by, issuer_common_name};
 pub use crate::key::{KeyAlgorithm, PrivateKey};
 pub use crate::name::{
