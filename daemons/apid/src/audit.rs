@@ -315,7 +315,7 @@ impl Entry {
         let (peer, call) = (&*self.peer, &*self.call);
         let record = Record {
             time: self.time.format(&Rfc3339).unwrap_or_default(),
-            peer: peer.addr.to_string(),
+            peer: &peer.addr_text,
             cn: peer.common_name.as_deref(),
             serial: &peer.serial,
             fingerprint: &peer.fingerprint,
@@ -345,7 +345,7 @@ impl Entry {
 #[derive(Serialize)]
 struct Record<'a> {
     time: String,
-    peer: String,
+    peer: &'a str,
     cn: Option<&'a str>,
     serial: &'a str,
     fingerprint: &'a str,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use basalt_grpc::{FrameScanner, FrameTooLarge, MAX_MESSAGE_SIZE};
 use bytes::Bytes;
 use h2::RecvStream;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderName, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -305,8 +305,11 @@ impl HttpBody for ResponseBody {
     }
 }
 
+/// `grpc-status`, parsed once (a lookup by `&str` parses the name on every call).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` in a header map, if any.
 fn code_in(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let value = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     value.parse::<i32>().ok().map(Code::from_i32)
 }

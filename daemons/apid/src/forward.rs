@@ -39,7 +39,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, SendStream};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderName, Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::net::UnixStream;
@@ -136,6 +136,9 @@ impl Machined {
     }
 }
 
+/// `grpc-timeout`, parsed once (a lookup by `&str` parses the name on every call).
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// Forwards one call whose request head is ready (`talos-role`, URI and the rest set) to the
 /// upstream `sender` resolves to, streaming the body through; see the module docs.
 /// `upstream` names it in messages; `unreachable` turns a failure to open the call into the
@@ -150,7 +153,7 @@ pub(crate) async fn forward_streaming(
 ) -> Response<ResponseBody> {
     let timeout = head
         .headers()
-        .get("grpc-timeout")
+        .get(&GRPC_TIMEOUT)
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout);
     let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));

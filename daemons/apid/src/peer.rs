@@ -21,12 +21,16 @@ use crate::error::Error;
 static ROLE: HeaderName = HeaderName::from_static(metadata::ROLE);
 /// `basalt-caller`, parsed once.
 static CALLER: HeaderName = HeaderName::from_static(metadata::CALLER);
+/// `proxyfrom`, parsed once.
+static PROXY_FROM: HeaderName = HeaderName::from_static(metadata::PROXY_FROM);
 
 /// The verified client certificate of one TLS connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
     /// The TCP peer address.
     pub(crate) addr: SocketAddr,
+    /// `addr` as text, rendered once: every audit record of the connection carries it.
+    pub(crate) addr_text: Box<str>,
     /// Subject CN, if the certificate has one.
     pub(crate) common_name: Option<String>,
     /// Serial number, lowercase hex.
@@ -70,6 +74,7 @@ impl Peer {
         let identity = Arc::new(CallIdentity::new(roles.clone(), caller, false));
         Self {
             addr,
+            addr_text: addr.to_string().into_boxed_str(),
             common_name,
             serial,
             fingerprint,
@@ -123,7 +128,7 @@ pub(crate) fn strip_internal_metadata(headers: &mut HeaderMap) -> Stripped {
         roles,
         caller: first_text(headers.remove(&CALLER)),
         // Loop guard for node routing: honoured only from another apid (see `CallIdentity`).
-        proxy_from: first_text(headers.remove(metadata::PROXY_FROM)),
+        proxy_from: first_text(headers.remove(&PROXY_FROM)),
     }
 }
 

@@ -27,10 +27,14 @@ use std::net::IpAddr;
 
 use basalt_authz::metadata::{NODE, NODES};
 use basalt_pki::Identity;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// Most targets one `nodes` call may name; more is refused rather than fanned out.
 pub(crate) const MAX_TARGETS: usize = 256;
+
+/// `node` and `nodes`, parsed once: a lookup by `&str` parses the name on every call.
+static NODE_KEY: HeaderName = HeaderName::from_static(NODE);
+static NODES_KEY: HeaderName = HeaderName::from_static(NODES);
 
 /// Method prefixes that may be fanned out with `nodes` (Talos's list): their replies follow
 /// the `messages` / `metadata = 1` envelope that fan-out splices.
@@ -231,10 +235,10 @@ pub(crate) fn route(
     forwarded: bool,
     can_forward: bool,
 ) -> Result<Route, RouteError> {
-    let node = values(headers, NODE);
-    let nodes = values(headers, NODES);
-    headers.remove(NODE);
-    headers.remove(NODES);
+    let node = values(headers, &NODE_KEY);
+    let nodes = values(headers, &NODES_KEY);
+    headers.remove(&NODE_KEY);
+    headers.remove(&NODES_KEY);
     if forwarded {
         return Ok(Route::Local);
     }
@@ -282,7 +286,7 @@ pub(crate) fn route(
 }
 
 /// Every value of a metadata key; grpc-go may also join several values with commas.
-fn values(headers: &HeaderMap, key: &str) -> Vec<String> {
+fn values(headers: &HeaderMap, key: &HeaderName) -> Vec<String> {
     headers
         .get_all(key)
         .iter()
