@@ -16,8 +16,8 @@
 //! machined's listener hands tonic its connections through [`UnixIncoming`], which wraps each
 //! in a [`ReadInterestUnixStream`] and pauses after a failed accept instead of spinning.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future as _;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -34,18 +34,24 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 use tracing::warn;
 
 /// The most one read takes from the socket: an HTTP/2 frame of the default 16 KiB and its header
-/// fit. Reads go into this buffer and are copied out. A read straight into the caller's buffer
-/// would first have to zero it, and without `unsafe` that is the whole unfilled part, on every
-/// read: h2 hands 8 KiB, for replies of a few hundred bytes. The copy touches only what arrived.
+/// fit. Reads go into this thread's scratch buffer and are copied out. A read straight into the
+/// caller's buffer would first have to zero it, and without `unsafe` that is the whole unfilled
+/// part, on every read: h2 hands 8 KiB, for replies of a few hundred bytes. The copy touches only
+/// what arrived. One buffer per thread, not per stream: machined may hold dozens of connections.
 const READ_SCRATCH: usize = 16 * 1024 + 9;
 
+thread_local! {
+    /// Zeroed once per thread. A read and its copy run without an `.await` between them, so no
+    /// other stream on the thread can use the buffer meanwhile.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice());
+}
+
 /// A connected unix stream whose reactor registration is for reads only; see the module docs.
+#[derive(Debug)]
 pub struct ReadInterestUnixStream {
     socket: AsyncFd<StdUnixStream>,
     /// A clone of the socket registered for writes; only while a write waits for room.
     write_waiter: Option<AsyncFd<StdUnixStream>>,
-    /// What each read goes into first, zeroed once: see [`READ_SCRATCH`].
-    scratch: Box<[u8]>,
     /// What tonic hands a server's handlers, read while the stream was still tokio's.
     connect_info: UdsConnectInfo,
 }
@@ -60,7 +66,6 @@ impl ReadInterestUnixStream {
         Ok(Self {
             socket,
             write_waiter: None,
-            scratch: vec![0; READ_SCRATCH].into_boxed_slice(),
             connect_info,
         })
     }
@@ -106,17 +111,6 @@ fn register(socket: StdUnixStream, interest: Interest) -> io::Result<AsyncFd<Std
     AsyncFd::with_interest(socket, interest)
 }
 
-impl fmt::Debug for ReadInterestUnixStream {
-    // Without the scratch buffer's 16 KiB.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadInterestUnixStream")
-            .field("socket", &self.socket)
-            .field("write_waiter", &self.write_waiter)
-            .field("connect_info", &self.connect_info)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Connected for ReadInterestUnixStream {
     type ConnectInfo = UdsConnectInfo;
 
@@ -131,20 +125,26 @@ impl AsyncRead for ReadInterestUnixStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        let socket = &self.get_mut().socket;
         loop {
-            let mut ready = ready!(this.socket.poll_read_ready(cx))?;
-            let wanted = buf.remaining().min(this.scratch.len());
-            let scratch = &mut this.scratch[..wanted];
-            if let Ok(read) = ready.try_io(|socket| socket.get_ref().read(scratch)) {
-                let read = read?;
-                // A short read emptied the socket: skip the read that would only say so
-                // (tokio's own streams do the same). The next message is a new edge.
-                if read > 0 && read < wanted {
-                    ready.clear_ready();
+            let mut ready = ready!(socket.poll_read_ready(cx))?;
+            let attempt = READ_BUFFER.with_borrow_mut(|scratch| {
+                let wanted = buf.remaining().min(scratch.len());
+                let scratch = &mut scratch[..wanted];
+                let attempt = ready.try_io(|socket| socket.get_ref().read(scratch));
+                if let Ok(Ok(read)) = attempt {
+                    // A short read emptied the socket: skip the read that would only say so
+                    // (tokio's own streams do the same). The next message is a new edge.
+                    if read > 0 && read < wanted {
+                        ready.clear_ready();
+                    }
+                    buf.put_slice(&scratch[..read]);
                 }
-                buf.put_slice(&scratch[..read]);
-                return Poll::Ready(Ok(()));
+                attempt
+            });
+            // Otherwise the read would have blocked: readiness is cleared, so wait again.
+            if let Ok(read) = attempt {
+                return Poll::Ready(read.map(drop));
             }
         }
     }
