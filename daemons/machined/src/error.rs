@@ -316,6 +316,17 @@ impl From<Error> for Status {
             err @ Error::Unsupported { .. } => Status::unimplemented(err.to_string()),
             err @ Error::AdminOnly { .. } => Status::permission_denied(err.to_string()),
             err @ Error::ConfigVersionNotFound { .. } => Status::not_found(err.to_string()),
+            // A full disk is the operator's to fix; the path stays in the log.
+            Error::ConfigStore { ref source } if source.is_out_of_space() => {
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "Config store is out of space"
+                );
+                Status::resource_exhausted(
+                    "no space left in machined's state directory: the configuration change was \
+                     not stored; free some space and apply it again",
+                )
+            }
             // Our fault: the chain goes to the log, the caller gets a generic message.
             err @ (Error::PrepareSocket { .. }
             | Error::BindSocket { .. }

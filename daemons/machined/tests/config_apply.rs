@@ -835,3 +835,134 @@ async fn a_reset_wipes_the_history_and_the_reboot_seeds_the_store_again() {
     })
     .await;
 }
+
+// === a full disk ===
+
+/// Set for the inner test by the outer one: the state dir whose `config/` is a small tmpfs.
+const FULL_STATE_DIR: &str = "BASALT_MACHINED_FULL_STATE";
+
+/// Size of that tmpfs: the seed fits, the configs applied below do not (all or in part).
+const FULL_FS_BYTES: usize = 64 * 1024;
+
+/// The inner test, run by the outer one in its own mount namespace.
+const FULL_INNER: &str = "inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing";
+
+/// A valid config of about `bytes`, padded with comment lines (the store keeps the YAML as is).
+fn padded_config(hostname: &str, bytes: usize) -> String {
+    let mut yaml = with_hostname(hostname);
+    while yaml.len() < bytes {
+        yaml.push_str("# padding to fill the disk: abcdefghijklmnopqrstuvwxyz0123456789\n");
+    }
+    yaml
+}
+
+#[test]
+fn an_apply_that_does_not_fit_on_disk_changes_nothing() {
+    // A mount namespace of our own (root only), so the small filesystem is nobody else's.
+    let probe = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .output();
+    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: `unshare --mount` is not available here ({probe:?})");
+        return;
+    }
+    let dir = state_dir();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let exe = std::env::current_exe().expect("this test binary");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size={FULL_FS_BYTES},mode=0700 basalt-full \"$1/config\" \
+             && shift && exec \"$@\""
+        ))
+        .arg("sh")
+        .arg(dir.path())
+        .arg(exe)
+        .args(["--exact", FULL_INNER, "--ignored", "--nocapture"])
+        .env(FULL_STATE_DIR, dir.path())
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "the inner test ran: {text}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run inside a mount namespace by an_apply_that_does_not_fit_on_disk_changes_nothing"]
+async fn inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing() {
+    let Some(state) = std::env::var_os(FULL_STATE_DIR) else {
+        eprintln!("skipped: only meaningful inside the namespace the outer test makes");
+        return;
+    };
+    within_deadline(async {
+        let state = PathBuf::from(state);
+        let node = Node::start(&state, 20).await;
+        let before = node.history().await;
+        assert_eq!(before.len(), 1, "{before:?}");
+
+        // Larger than the whole filesystem: the history entry cannot be written. About half
+        // of it: the history entry fits and the active copy after it does not (for TRY, after
+        // its trial record).
+        let minute = Some(Duration::from_secs(60));
+        for (size, mode, timeout) in [
+            (2 * FULL_FS_BYTES, Mode::NoReboot, None),
+            (FULL_FS_BYTES / 2, Mode::NoReboot, None),
+            (FULL_FS_BYTES / 2, Mode::Try, minute),
+        ] {
+            let case = format!("{size} bytes, {mode:?}");
+            let status = node
+                .apply(&padded_config("too-big", size), mode, false, timeout)
+                .await
+                .expect_err("no room on disk");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{case}: {status:?}");
+            assert_eq!(
+                status.message(),
+                "no space left in machined's state directory: the configuration change was \
+                 not stored; free some space and apply it again",
+                "{case}"
+            );
+            assert_eq!(node.history().await, before, "history after {case}");
+            assert_eq!(node.active_yaml().await, BASE, "active after {case}");
+            assert_eq!(node.store.trial(), None, "trial after {case}");
+            let mut files: Vec<String> = walk(&state.join("config"));
+            files.sort();
+            assert_eq!(
+                files,
+                ["current.yaml", "history/00000001.yaml"],
+                "files after {case}"
+            );
+        }
+
+        // machined keeps serving, and an apply that fits goes through.
+        node.apply(&with_hostname("fits"), Mode::NoReboot, false, None)
+            .await
+            .expect("a small apply");
+        assert_eq!(node.history().await.len(), 2);
+        assert!(node.active_yaml().await.contains("fits"));
+        node.stop().await;
+    })
+    .await;
+}
+
+/// Every file under `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            found.extend(walk(&path).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            found.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    found
+}

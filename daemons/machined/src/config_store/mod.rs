@@ -273,6 +273,26 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the filesystem ran out of space (or quota) under it: something the operator can
+    /// fix, unlike the other failures here.
+    pub(crate) fn is_out_of_space(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = cause {
+            if let Some(io) = err.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            {
+                return true;
+            }
+            cause = err.source();
+        }
+        false
+    }
+}
+
 /// The config store; cheap to clone (all clones share one state).
 #[derive(Clone)]
 pub struct ConfigStore {
@@ -803,17 +823,17 @@ impl Shared {
             config: yaml.to_string(),
         };
         disk::write_record(&self.paths.entry(version), &entry)?;
-        self.state().entries.insert(
+        // Listed once the version is staged or active; a write that fails before then takes
+        // the entry back, so history never shows a version that never took effect.
+        let info = VersionInfo {
             version,
-            VersionInfo {
-                version,
-                time,
-                mode,
-                caller,
-                sha256: sha256.clone(),
-                note,
-            },
-        );
+            time,
+            mode,
+            caller,
+            sha256: sha256.clone(),
+            note,
+        };
+        let undo = |err: Error| self.discard_entry(version, err);
 
         match kind {
             CommitKind::Staged => {
@@ -824,8 +844,11 @@ impl Shared {
                         sha256,
                         config: yaml.to_string(),
                     },
-                )?;
-                self.state().staged = Some(version);
+                )
+                .map_err(undo)?;
+                let mut state = self.state();
+                state.entries.insert(version, info);
+                state.staged = Some(version);
             }
             CommitKind::Live | CommitKind::Try { .. } => {
                 let trial = match kind {
@@ -855,7 +878,8 @@ impl Shared {
                                 revert_to_sha256: revert_sha256.clone(),
                                 revert_to_config: revert_yaml.to_string(),
                             },
-                        )?;
+                        )
+                        .map_err(undo)?;
                         Some(Trial {
                             info: TrialInfo {
                                 version,
@@ -869,7 +893,13 @@ impl Shared {
                     CommitKind::Live | CommitKind::Staged => None,
                 };
                 // The commit point: from here on the new config is the active one.
-                disk::write_file(&self.paths.current, yaml.as_bytes())?;
+                disk::write_file(&self.paths.current, yaml.as_bytes()).map_err(|err| {
+                    if trial.is_some() {
+                        self.restore_trial_record();
+                    }
+                    undo(err)
+                })?;
+                self.state().entries.insert(version, info);
                 if trial.is_none() {
                     disk::remove_durably(&self.paths.trial)?;
                 }
@@ -895,6 +925,41 @@ impl Shared {
         }
         self.prune()?;
         Ok(version)
+    }
+
+    /// Puts back the trial record of the trial in force (or removes it, with none), after a
+    /// TRY that wrote its own record failed before its commit point.
+    fn restore_trial_record(&self) {
+        let record = self.state().trial.as_ref().map(|trial| TrialRecord {
+            version: trial.info.version,
+            deadline: disk::format_time(trial.info.deadline),
+            revert_to_version: trial.info.revert_to,
+            revert_to_sha256: trial.revert_sha256.clone(),
+            revert_to_config: trial.revert_yaml.to_string(),
+        });
+        let restored = match record {
+            Some(record) => disk::write_record(&self.paths.trial, &record),
+            None => disk::remove_durably(&self.paths.trial),
+        };
+        if let Err(err) = restored {
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "Could not restore the trial record after a failed configuration change"
+            );
+        }
+    }
+
+    /// Removes the history entry of a commit that failed before it took effect, and returns
+    /// that failure.
+    fn discard_entry(&self, version: u64, failure: Error) -> Error {
+        if let Err(err) = disk::remove_durably(&self.paths.entry(version)) {
+            tracing::warn!(
+                version,
+                error = &err as &dyn std::error::Error,
+                "Could not remove the history entry of a failed configuration change"
+            );
+        }
+        failure
     }
 
     /// Publishes a new active config and trial state.
