@@ -14,6 +14,8 @@
 //!   `staged.yaml`). The active version is the newest entry whose SHA-256 matches
 //!   `current.yaml`. An entry newer than the active one that is not staged belongs to an apply
 //!   that was interrupted (crash) before it took effect; [`ConfigStore::open`] notes that in it.
+//!   A write that fails before the change takes effect (a full disk) removes the entry again,
+//!   and puts back the trial record a TRY overwrote, so only a crash leaves such an entry.
 //! - History keeps the newest [`ConfigStoreOptions::history_limit`] entries (default
 //!   [`DEFAULT_HISTORY_LIMIT`]) plus the active and the staged one.
 //!
