@@ -947,6 +947,29 @@ async fn inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing() {
             .expect("a small apply");
         assert_eq!(node.history().await.len(), 2);
         assert!(node.active_yaml().await.contains("fits"));
+
+        // A TRY that fits, then one that does not: the first trial and its record stay.
+        node.apply(&with_hostname("on-trial"), Mode::Try, false, minute)
+            .await
+            .expect("a small TRY");
+        let trial = node.store.trial().expect("a trial");
+        let record = std::fs::read(state.join("config/try.yaml")).unwrap();
+        let status = node
+            .apply(
+                &padded_config("too-big", FULL_FS_BYTES / 2),
+                Mode::Try,
+                false,
+                minute,
+            )
+            .await
+            .expect_err("no room on disk");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(node.store.trial(), Some(trial));
+        assert_eq!(
+            std::fs::read(state.join("config/try.yaml")).unwrap(),
+            record
+        );
+        assert_eq!(node.history().await.len(), 3);
         node.stop().await;
     })
     .await;
