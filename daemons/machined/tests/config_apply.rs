@@ -989,3 +989,27 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test]
+async fn a_tidying_failure_after_the_change_took_effect_does_not_fail_the_apply() {
+    within_deadline(async {
+        let dir = state_dir();
+        let node = Node::start(dir.path(), 20).await;
+        // A directory where the staged record would be: removing it as a file fails.
+        let staged = dir.path().join("config/staged.yaml");
+        std::fs::create_dir(&staged).unwrap();
+        std::fs::write(staged.join("keep"), "x").unwrap();
+
+        let applied = node
+            .apply(&with_hostname("tidy"), Mode::NoReboot, false, None)
+            .await
+            .expect("the change took effect, so the apply succeeded");
+        assert_eq!(applied.mode, Mode::NoReboot as i32, "{applied:?}");
+        assert!(node.active_yaml().await.contains("tidy"));
+        let history = node.history().await;
+        assert_eq!(history.len(), 2, "{history:?}");
+        assert!(history[0].active, "{history:?}");
+        node.stop().await;
+    })
+    .await;
+}

@@ -15,7 +15,9 @@
 //!   `current.yaml`. An entry newer than the active one that is not staged belongs to an apply
 //!   that was interrupted (crash) before it took effect; [`ConfigStore::open`] notes that in it.
 //!   A write that fails before the change takes effect (a full disk) removes the entry again,
-//!   and puts back the trial record a TRY overwrote, so only a crash leaves such an entry.
+//!   and puts back the trial record a TRY overwrote, so only a crash leaves such an entry. A
+//!   failure of the tidying after it (removing a trial or staged record, pruning the history)
+//!   is logged and does not fail the change, which has taken effect; `open` finishes it.
 //! - History keeps the newest [`ConfigStoreOptions::history_limit`] entries (default
 //!   [`DEFAULT_HISTORY_LIMIT`]) plus the active and the staged one.
 //!
@@ -903,10 +905,16 @@ impl Shared {
                 })?;
                 self.state().entries.insert(version, info);
                 if trial.is_none() {
-                    disk::remove_durably(&self.paths.trial)?;
+                    tidy(
+                        "remove the trial record",
+                        disk::remove_durably(&self.paths.trial),
+                    );
                 }
                 let discarded = self.state().staged.take();
-                disk::remove_durably(&self.paths.staged)?;
+                tidy(
+                    "remove the staged record",
+                    disk::remove_durably(&self.paths.staged),
+                );
                 if let Some(staged) = discarded {
                     tracing::warn!(
                         staged,
@@ -925,7 +933,7 @@ impl Shared {
                 );
             }
         }
-        self.prune()?;
+        tidy("prune the history", self.prune());
         Ok(version)
     }
 
@@ -1147,6 +1155,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Logs a failure of the tidying after a commit point. The change has taken effect by then,
+/// so it is not reported as a failed change; [`ConfigStore::open`] finishes the tidying (a stale
+/// trial or staged record, history beyond its limit).
+fn tidy(what: &str, result: Result<(), Error>) {
+    if let Err(err) = result {
+        tracing::warn!(
+            error = &err as &dyn std::error::Error,
+            "Configuration applied, but could not {what}"
+        );
+    }
 }
 
 #[cfg(test)]
