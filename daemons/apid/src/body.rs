@@ -306,7 +306,7 @@ impl HttpBody for ResponseBody {
 }
 
 /// `grpc-status`, parsed once (a lookup by `&str` parses the name on every call).
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The `grpc-status` in a header map, if any.
 fn code_in(headers: &HeaderMap) -> Option<Code> {

@@ -136,9 +136,6 @@ impl Machined {
     }
 }
 
-/// `grpc-timeout`, parsed once (a lookup by `&str` parses the name on every call).
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-
 /// Forwards one call whose request head is ready (`talos-role`, URI and the rest set) to the
 /// upstream `sender` resolves to, streaming the body through; see the module docs.
 /// `upstream` names it in messages; `unreachable` turns a failure to open the call into the
@@ -151,11 +148,7 @@ pub(crate) async fn forward_streaming(
     upstream: &'static str,
     unreachable: impl FnOnce(BoxError) -> Error,
 ) -> Response<ResponseBody> {
-    let timeout = head
-        .headers()
-        .get(&GRPC_TIMEOUT)
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_grpc_timeout);
+    let timeout = grpc_timeout(head.headers());
     let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
 
     // The client's messages are checked as they stream upstream; an oversized one ends the
@@ -449,9 +442,20 @@ pub(crate) fn upstream_uri(uri: Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://machined/"))
 }
 
+/// `grpc-timeout`, parsed once (a lookup by `&str` parses the name on every call).
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The caller's `grpc-timeout`, if it sent a valid one.
+pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(&GRPC_TIMEOUT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 /// A malformed value is ignored (the header is still forwarded; machined decides).
-pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }

@@ -45,9 +45,9 @@ use tonic::{Code, Status};
 use tracing::debug;
 
 use crate::audit::AuditGuard;
-use crate::body::{Enforce, ResponseBody};
+use crate::body::{Enforce, GRPC_STATUS, ResponseBody};
 use crate::error::{BoxError, Error};
-use crate::forward::{parse_grpc_timeout, send_buffered, upstream_uri};
+use crate::forward::{grpc_timeout, send_buffered, upstream_uri};
 use crate::peer::CallIdentity;
 use crate::pipeline::Shared;
 use crate::routing::FanoutTarget;
@@ -96,11 +96,7 @@ pub(crate) async fn handle(
     audit: AuditGuard,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = request.into_parts();
-    let timeout = parts
-        .headers
-        .get("grpc-timeout")
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_grpc_timeout);
+    let timeout = grpc_timeout(&parts.headers);
     let deadline = timeout.map(|timeout| (Instant::now() + timeout, timeout));
     // A tenth of the caller's timeout is kept for merging and sending the reply, so the
     // caller gets the nodes that answered rather than its own deadline error.
@@ -424,7 +420,7 @@ impl Node {
                 format!("the node answered HTTP {}", response.status()),
             ));
         }
-        if response.headers().contains_key("grpc-status") {
+        if response.headers().contains_key(&GRPC_STATUS) {
             check_status(Some(response.headers()))?;
         }
         Ok(response)
@@ -610,7 +606,7 @@ impl HttpBody for MergedBody {
             Poll::Ready(None) => {
                 self.trailers_sent = true;
                 let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                trailers.insert(&GRPC_STATUS, HeaderValue::from_static("0"));
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
         }

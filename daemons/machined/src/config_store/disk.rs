@@ -214,14 +214,7 @@ pub(super) fn read_text(path: &Path) -> Result<Option<String>, Error> {
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = String::with_capacity(64);
-    for byte in digest.as_ref() {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    basalt_pki::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// `time` as RFC 3339 in UTC (nanosecond precision).
