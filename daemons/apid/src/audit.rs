@@ -21,7 +21,9 @@
 //! the record (already-shared parts by reference count) into a channel, without blocking and
 //! without formatting anything; the thread renders the JSON, writes whatever has queued up in one
 //! go and flushes as soon as the queue is empty. If the writer falls [`QUEUE`] records behind,
-//! records are dropped and counted (and a warning is logged) rather than stalling calls.
+//! records are dropped and counted (and a warning is logged) rather than stalling calls. If the
+//! sink refuses writes (a full disk), the records it cannot take are lost and counted too; see
+//! [`Writer`].
 //!
 //! Why a thread and not a task writing through `tokio::fs`: every `tokio::fs` write is a hand-off
 //! to the blocking pool and back, two thread wake-ups per batch on the request path's runtime.
@@ -113,19 +115,15 @@ impl AuditLog {
         };
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::<ApidMetrics>::default();
         let (done_tx, done) = oneshot::channel();
-        let mut writer = Writer {
-            queued: Arc::clone(&queued),
-            out: BufWriter::with_capacity(BUFFER, out),
-            line: Vec::with_capacity(512),
-            written: Ok(()),
-            failed: false,
-        };
+        let mut writer = Writer::new(out, Arc::clone(&queued), Arc::clone(&metrics));
         let thread = std::thread::Builder::new()
             .name("apid-audit".to_owned())
             .spawn(move || {
                 // Until every sender is gone and the queue is empty.
                 basalt_daemon::drain_in_batches(&rx, COALESCE, &mut writer);
+                writer.finish();
                 let _ = done_tx.send(());
             })
             .map_err(Error::StartAuditWriter)?;
@@ -134,7 +132,7 @@ impl AuditLog {
                 tx,
                 queued,
                 dropped: AtomicU64::new(0),
-                metrics: Arc::default(),
+                metrics,
             }),
         };
         Ok((log, AuditWriter { done, thread }))
@@ -402,34 +400,83 @@ pub(crate) fn code_name(code: Code) -> &'static str {
 }
 
 /// The writer thread's state.
+///
+/// A failed write loses exactly the record being added: `BufWriter` keeps what it could not
+/// write of earlier records and writes it, in order, once the sink works again, but it does not
+/// take a new record while its buffer cannot be emptied. Those lost records are counted
+/// (`basalt_apid_audit_write_failed_total`), so a full disk is visible as a gap in the evidence
+/// rather than a silent one.
 struct Writer {
     queued: Arc<AtomicUsize>,
+    metrics: Arc<ApidMetrics>,
     out: BufWriter<Box<dyn Write + Send>>,
     /// The record being rendered (reused).
     line: Vec<u8>,
     /// The first failed write of the current batch, reported when it ends.
     written: std::io::Result<()>,
-    /// The last write failed (so the next success is worth a log line).
-    failed: bool,
+    /// Records of the current batch that could not be written.
+    lost_in_batch: u64,
+    /// Records lost since writes began failing; `None` while they work.
+    lost_since_failure: Option<u64>,
 }
 
 impl Writer {
-    /// Logs the first failure and the recovery, not every record.
+    fn new(
+        out: Box<dyn Write + Send>,
+        queued: Arc<AtomicUsize>,
+        metrics: Arc<ApidMetrics>,
+    ) -> Self {
+        Self {
+            queued,
+            metrics,
+            out: BufWriter::with_capacity(BUFFER, out),
+            line: Vec::with_capacity(512),
+            written: Ok(()),
+            lost_in_batch: 0,
+            lost_since_failure: None,
+        }
+    }
+
+    /// Counts the batch's losses and logs the first failure and the recovery, not every record.
     fn report(&mut self, result: std::io::Result<()>) {
-        match result {
-            Err(err) if !self.failed => {
-                self.failed = true;
+        let lost = std::mem::take(&mut self.lost_in_batch);
+        if lost > 0 {
+            self.metrics.record_audit_write_failed(lost);
+        }
+        match (result, self.lost_since_failure) {
+            (Err(err), None) => {
+                self.lost_since_failure = Some(lost);
                 tracing::error!(
                     error = &err as &dyn std::error::Error,
-                    "Audit log write failed"
+                    audit.lost = lost,
+                    "Audit log write failed; records that do not fit in the writer's buffer \
+                     are lost (counted in basalt_apid_audit_write_failed_total) until it works \
+                     again"
                 );
             }
-            Ok(()) if self.failed => {
-                self.failed = false;
-                tracing::info!("Audit log writes work again");
+            (Err(_), Some(total)) => self.lost_since_failure = Some(total + lost),
+            (Ok(()), Some(total)) => {
+                self.lost_since_failure = None;
+                tracing::info!(audit.lost = total + lost, "Audit log writes work again");
             }
-            _ => {}
+            (Ok(()), None) => {}
         }
+    }
+
+    /// After the last batch: whatever is still held could not be written and is lost with the
+    /// thread, so it is counted and said (one record per line end held).
+    fn finish(self) {
+        let held = self.out.buffer();
+        if !held.is_empty() {
+            let lost = held.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.metrics.record_audit_write_failed(lost);
+            tracing::error!(
+                audit.lost = lost,
+                "Audit records could not be written before the writer ended"
+            );
+        }
+        // Dropping the `BufWriter` would try the sink once more; the count above is final.
+        let _ = self.out.into_parts();
     }
 }
 
@@ -440,10 +487,11 @@ impl basalt_daemon::Batch<Entry> for Writer {
         self.line.clear();
         entry.render(&mut self.line);
         drop(entry);
-        if let Err(err) = self.out.write_all(&self.line)
-            && self.written.is_ok()
-        {
-            self.written = Err(err);
+        if let Err(err) = self.out.write_all(&self.line) {
+            self.lost_in_batch += 1;
+            if self.written.is_ok() {
+                self.written = Err(err);
+            }
         }
     }
 
@@ -591,6 +639,111 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(!text.contains("target=\"node-2\",le="), "{text}");
+    }
+
+    /// A sink that refuses every write while `full` is set, as a full disk does.
+    #[derive(Clone, Default)]
+    struct Disk {
+        full: Arc<std::sync::atomic::AtomicBool>,
+        bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lost(metrics: &Arc<ApidMetrics>) -> u64 {
+        let text = metrics.render_for_test();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("basalt_apid_audit_write_failed_total "))
+            .expect("the counter is exported");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn records_a_full_sink_refuses_are_counted_and_held_ones_written_later() {
+        use basalt_daemon::Batch;
+
+        let (log, _writer) = AuditLog::open(&AuditSink::Stderr).unwrap();
+        let disk = Disk::default();
+        let metrics = Arc::<ApidMetrics>::default();
+        let mut writer = Writer::new(
+            Box::new(disk.clone()),
+            Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            Arc::clone(&metrics),
+        );
+        let call = Arc::clone(&peer().identity);
+        let record = |n: usize| {
+            let mut guard = log.start(&peer(), &call, format!("/x.Y/Call{n}"));
+            guard.entry.take().expect("entry")
+        };
+
+        // One record reaches the disk; then the disk is full.
+        writer.add(record(0));
+        writer.end();
+        disk.full.store(true, Ordering::Relaxed);
+        // Records that fit in the buffer are held, not lost; the rest are lost and counted.
+        let mut sent = 1;
+        while lost(&metrics) == 0 {
+            for _ in 0..100 {
+                writer.add(record(sent));
+                sent += 1;
+            }
+            writer.end();
+            assert!(sent < 10_000, "nothing counted as lost");
+        }
+        let lost_while_full = lost(&metrics);
+        assert!(lost_while_full < sent as u64);
+
+        // The disk has room again: the held records are written, whole and in order, and every
+        // record is either on the disk or counted.
+        disk.full.store(false, Ordering::Relaxed);
+        writer.add(record(sent));
+        sent += 1;
+        writer.end();
+        let text = String::from_utf8(disk.bytes.lock().unwrap().clone()).unwrap();
+        let methods: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
+                v["method"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(methods.len() as u64 + lost_while_full, sent as u64);
+        assert_eq!(methods.first().map(String::as_str), Some("/x.Y/Call0"));
+        assert_eq!(methods.last(), Some(&format!("/x.Y/Call{}", sent - 1)));
+        let numbers: Vec<usize> = methods
+            .iter()
+            .map(|m| m.trim_start_matches("/x.Y/Call").parse().unwrap())
+            .collect();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert_eq!(
+            lost(&metrics),
+            lost_while_full,
+            "nothing lost after recovery"
+        );
+
+        // Held records that never get written are counted when the writer ends.
+        disk.full.store(true, Ordering::Relaxed);
+        for _ in 0..3 {
+            writer.add(record(sent));
+            sent += 1;
+        }
+        writer.end();
+        assert_eq!(lost(&metrics), lost_while_full);
+        writer.finish();
+        assert_eq!(lost(&metrics), lost_while_full + 3);
     }
 
     #[test]

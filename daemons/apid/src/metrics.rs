@@ -10,6 +10,7 @@
 //! | `basalt_apid_handshake_failures_total` | `reason` | the TLS accept loop's counters |
 //! | `basalt_apid_handshakes_total` | — | completed handshakes |
 //! | `basalt_apid_audit_dropped_total` | — | audit records dropped because the writer was behind |
+//! | `basalt_apid_audit_write_failed_total` | — | audit records lost because the sink refused them (a full disk, an I/O error) |
 //! | `basalt_cert_not_after_seconds` | `cert` = `ca`, `server`, `client` | the credential files, read at each scrape |
 //!
 //! Label cardinality is bounded by construction: `method` is one of basalt's declared methods
@@ -150,6 +151,8 @@ pub(crate) struct ApidMetrics {
     routed_durations: Mutex<BTreeMap<String, Histogram>>,
     /// Audit records dropped because the writer was behind.
     audit_dropped: AtomicU64,
+    /// Audit records lost because writing them failed.
+    audit_write_failed: AtomicU64,
 }
 
 impl Default for ApidMetrics {
@@ -179,6 +182,7 @@ impl Default for ApidMetrics {
             fanout_durations: Histogram::default(),
             routed_durations: Mutex::new(BTreeMap::new()),
             audit_dropped: AtomicU64::new(0),
+            audit_write_failed: AtomicU64::new(0),
         }
     }
 }
@@ -280,6 +284,12 @@ impl ApidMetrics {
     /// Counts one audit record dropped because the writer was behind.
     pub(crate) fn record_audit_dropped(&self) {
         self.audit_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `records` audit records lost because the sink refused them.
+    pub(crate) fn record_audit_write_failed(&self, records: u64) {
+        self.audit_write_failed
+            .fetch_add(records, Ordering::Relaxed);
     }
 
     /// The exposition text of these counters alone (tests).
@@ -435,6 +445,16 @@ impl Scrape {
             "basalt_apid_audit_dropped_total",
             &[],
             calls.audit_dropped.load(Ordering::Relaxed),
+        );
+        text.family(
+            "basalt_apid_audit_write_failed_total",
+            "counter",
+            "Audit records lost because the sink refused them (a full disk, an I/O error).",
+        );
+        text.sample(
+            "basalt_apid_audit_write_failed_total",
+            &[],
+            calls.audit_write_failed.load(Ordering::Relaxed),
         );
 
         text.family(

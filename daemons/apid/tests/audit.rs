@@ -161,3 +161,64 @@ async fn a_stalled_audit_sink_drops_and_counts_records_and_calls_go_on() {
     .await
     .expect("the test finished within 90 s");
 }
+
+/// The sample `basalt_apid_audit_write_failed_total`.
+async fn write_failed(metrics: SocketAddr) -> u64 {
+    let body = scrape_metrics(metrics).await;
+    assert!(
+        body.contains("\nbasalt_apid_audit_write_failed_total "),
+        "the write-failure counter is exported: {body}"
+    );
+    sample_value(&body, "basalt_apid_audit_write_failed_total") as u64
+}
+
+/// A full disk (docs/SECURITY.md #86): every write to `/dev/full` fails with ENOSPC. Calls are
+/// served; once the writer's buffer is full, the records it cannot take are counted as lost
+/// (they are not "dropped": the writer was not behind), and apid still shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_audit_records_counted_and_calls_go_on() {
+    support::within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start_with(&pki, |config| {
+            config.audit = AuditSink::File("/dev/full".into());
+            config.metrics = Some("127.0.0.1:0".parse().expect("addr"));
+            config.limits = ApidLimits {
+                requests_per_second: 1_000_000,
+                burst: 1_000_000,
+                ..ApidLimits::default()
+            };
+        })
+        .await;
+        let metrics = apid.metrics.expect("metrics endpoint bound");
+        let backend = apid.backend().await;
+        let mut client = apid.machine(&pki, &pki.client(&["os:admin"]));
+
+        // The writer holds what fits in its 64 KiB buffer (a few hundred records); past that,
+        // records are lost and counted.
+        let mut calls = 0u64;
+        while write_failed(metrics).await == 0 {
+            assert!(calls < 5_000, "{calls} calls and no lost record counted");
+            for _ in 0..100 {
+                version(&mut client)
+                    .await
+                    .expect("a call while the disk is full");
+            }
+            calls += 100;
+        }
+        // Counted only for records that are really gone: the buffer still holds some.
+        let lost = write_failed(metrics).await;
+        assert!(
+            lost < calls,
+            "lost {lost} of {calls}: some records are held"
+        );
+        assert_eq!(dropped(metrics).await, 0, "the writer was never behind");
+        version(&mut client)
+            .await
+            .expect("served after records were lost");
+
+        drop(client);
+        backend.stop().await;
+        apid.stop().await;
+    })
+    .await;
+}
