@@ -836,29 +836,19 @@ async fn a_reset_wipes_the_history_and_the_reboot_seeds_the_store_again() {
     .await;
 }
 
-// === a full disk ===
+// === a full disk, and files that cannot be removed (in mount namespaces of their own) ===
 
-/// Set for the inner test by the outer one: the state dir whose `config/` is a small tmpfs.
-const FULL_STATE_DIR: &str = "BASALT_MACHINED_FULL_STATE";
+/// Set for an inner test by its outer one: the state dir prepared in the namespace.
+const NAMESPACE_STATE_DIR: &str = "BASALT_MACHINED_NAMESPACE_STATE";
 
-/// Size of that tmpfs: the seed fits, the configs applied below do not (all or in part).
+/// Size of the full disk's tmpfs: the seed fits, the configs applied below do not (all or in
+/// part).
 const FULL_FS_BYTES: usize = 64 * 1024;
 
-/// The inner test, run by the outer one in its own mount namespace.
-const FULL_INNER: &str = "inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing";
-
-/// A valid config of about `bytes`, padded with comment lines (the store keeps the YAML as is).
-fn padded_config(hostname: &str, bytes: usize) -> String {
-    let mut yaml = with_hostname(hostname);
-    while yaml.len() < bytes {
-        yaml.push_str("# padding to fill the disk: abcdefghijklmnopqrstuvwxyz0123456789\n");
-    }
-    yaml
-}
-
-#[test]
-fn an_apply_that_does_not_fit_on_disk_changes_nothing() {
-    // A mount namespace of our own (root only), so the small filesystem is nobody else's.
+/// Runs this binary's ignored test `inner` again in a mount namespace of its own (root only),
+/// after the shell command `setup` ran there with the state dir as `$1`, and checks that it
+/// passed. Where `unshare --mount` is not available it says "skipped" and returns.
+fn rerun_in_mount_namespace(inner: &str, state: &Path, setup: &str) {
     let probe = std::process::Command::new("unshare")
         .args(["--mount", "true"])
         .output();
@@ -866,20 +856,15 @@ fn an_apply_that_does_not_fit_on_disk_changes_nothing() {
         eprintln!("skipped: `unshare --mount` is not available here ({probe:?})");
         return;
     }
-    let dir = state_dir();
-    std::fs::create_dir(dir.path().join("config")).unwrap();
     let exe = std::env::current_exe().expect("this test binary");
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o size={FULL_FS_BYTES},mode=0700 basalt-full \"$1/config\" \
-             && shift && exec \"$@\""
-        ))
+        .arg(format!("{setup} && shift && exec \"$@\""))
         .arg("sh")
-        .arg(dir.path())
+        .arg(state)
         .arg(exe)
-        .args(["--exact", FULL_INNER, "--ignored", "--nocapture"])
-        .env(FULL_STATE_DIR, dir.path())
+        .args(["--exact", inner, "--ignored", "--nocapture"])
+        .env(NAMESPACE_STATE_DIR, state)
         .output()
         .expect("run unshare");
     let text = format!(
@@ -895,15 +880,42 @@ fn an_apply_that_does_not_fit_on_disk_changes_nothing() {
     );
 }
 
+/// The state dir an inner test was given, or `None` (said) when it runs on its own.
+fn namespace_state_dir() -> Option<PathBuf> {
+    let state = std::env::var_os(NAMESPACE_STATE_DIR).map(PathBuf::from);
+    if state.is_none() {
+        eprintln!("skipped: only meaningful inside the namespace the outer test makes");
+    }
+    state
+}
+
+/// A valid config of about `bytes`, padded with comment lines (the store keeps the YAML as is).
+fn padded_config(hostname: &str, bytes: usize) -> String {
+    let mut yaml = with_hostname(hostname);
+    while yaml.len() < bytes {
+        yaml.push_str("# padding to fill the disk: abcdefghijklmnopqrstuvwxyz0123456789\n");
+    }
+    yaml
+}
+
+#[test]
+fn an_apply_that_does_not_fit_on_disk_changes_nothing() {
+    let dir = state_dir();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    rerun_in_mount_namespace(
+        "inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing",
+        dir.path(),
+        &format!("mount -t tmpfs -o size={FULL_FS_BYTES},mode=0700 basalt-full \"$1/config\""),
+    );
+}
+
 #[tokio::test]
 #[ignore = "run inside a mount namespace by an_apply_that_does_not_fit_on_disk_changes_nothing"]
 async fn inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing() {
-    let Some(state) = std::env::var_os(FULL_STATE_DIR) else {
-        eprintln!("skipped: only meaningful inside the namespace the outer test makes");
+    let Some(state) = namespace_state_dir() else {
         return;
     };
     within_deadline(async {
-        let state = PathBuf::from(state);
         let node = Node::start(&state, 20).await;
         let before = node.history().await;
         assert_eq!(before.len(), 1, "{before:?}");
@@ -970,6 +982,69 @@ async fn inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing() {
             record
         );
         assert_eq!(node.history().await.len(), 3);
+        node.stop().await;
+    })
+    .await;
+}
+
+#[test]
+fn a_staged_config_takes_effect_at_boot_even_when_its_record_cannot_be_removed() {
+    let dir = state_dir();
+    rerun_in_mount_namespace(
+        "inside_a_mount_namespace_a_staged_record_that_cannot_be_removed_is_left",
+        dir.path(),
+        "true",
+    );
+}
+
+#[tokio::test]
+#[ignore = "run inside a mount namespace by \
+            a_staged_config_takes_effect_at_boot_even_when_its_record_cannot_be_removed"]
+async fn inside_a_mount_namespace_a_staged_record_that_cannot_be_removed_is_left() {
+    let Some(state) = namespace_state_dir() else {
+        return;
+    };
+    within_deadline(async {
+        let node = Node::start(&state, 20).await;
+        node.apply(&with_hostname("staged"), Mode::Staged, false, None)
+            .await
+            .expect("stage a config");
+        node.stop().await;
+        // The record bound onto itself is a mount point: reading it works, and removing it
+        // fails with EBUSY, as a removal on a failing disk would.
+        let staged = state.join("config/staged.yaml");
+        let bind = std::process::Command::new("mount")
+            .arg("--bind")
+            .args([&staged, &staged])
+            .status()
+            .expect("run mount");
+        assert!(bind.success(), "bind-mount {}", staged.display());
+
+        // The boot activates the staged config; the record it cannot remove is left, and the
+        // next start, which finds it older than the active config, leaves it again.
+        for start in ["the boot", "the next start"] {
+            let node = Node::start(&state, 20).await;
+            assert!(
+                node.active_yaml().await.contains("staged"),
+                "active after {start}"
+            );
+            assert_eq!(node.store.staged(), None, "staged after {start}");
+            let history = node.history().await;
+            assert_eq!(history.len(), 2, "history after {start}: {history:?}");
+            assert!(history[0].active, "history after {start}: {history:?}");
+            node.stop().await;
+        }
+        assert!(staged.exists(), "the record could not be removed");
+
+        // Once it can be, the next start removes it.
+        let unmount = std::process::Command::new("umount")
+            .arg(&staged)
+            .status()
+            .expect("run umount");
+        assert!(unmount.success(), "umount {}", staged.display());
+        let node = Node::start(&state, 20).await;
+        assert!(node.active_yaml().await.contains("staged"));
+        assert!(!staged.exists(), "the stale record is gone");
         node.stop().await;
     })
     .await;

@@ -17,7 +17,8 @@
 //!   A write that fails before the change takes effect (a full disk) removes the entry again,
 //!   and puts back the trial record a TRY overwrote, so only a crash leaves such an entry. A
 //!   failure of the tidying after it (removing a trial or staged record, pruning the history)
-//!   is logged and does not fail the change, which has taken effect; `open` finishes it.
+//!   is logged and does not fail the change, which has taken effect. `open` tidies again, and
+//!   what it cannot tidy it logs too: a start never fails over a file it could not remove.
 //! - History keeps the newest [`ConfigStoreOptions::history_limit`] entries (default
 //!   [`DEFAULT_HISTORY_LIMIT`]) plus the active and the staged one.
 //!
@@ -686,7 +687,10 @@ impl Shared {
             if record.version > active {
                 self.activate_record(record)?;
             } else {
-                disk::remove_durably(&paths.staged)?;
+                tidy(
+                    "remove a staged record older than the active configuration",
+                    disk::remove_durably(&paths.staged),
+                );
             }
         }
 
@@ -696,7 +700,10 @@ impl Shared {
             let active = Arc::clone(&self.state().active);
             if active.sha256 == record.revert_to_sha256 || active.version > record.version {
                 // Reverted or confirmed/superseded, with the record's removal interrupted.
-                disk::remove_durably(&paths.trial)?;
+                tidy(
+                    "remove the record of a trial that is over",
+                    disk::remove_durably(&paths.trial),
+                );
             } else {
                 let trial = Trial {
                     info: TrialInfo {
@@ -744,19 +751,23 @@ impl Shared {
         for version in interrupted {
             let path = paths.entry(version);
             if let Some(mut entry) = disk::read_record::<EntryFile>(&path)? {
-                entry.note = INTERRUPTED.to_owned();
-                disk::write_record(&path, &entry)?;
-                if let Some(info) = self.state().entries.get_mut(&version) {
-                    info.note = INTERRUPTED.to_owned();
-                }
                 tracing::warn!(
                     version,
                     active,
                     "A config apply was interrupted before it took effect"
                 );
+                entry.note = INTERRUPTED.to_owned();
+                let noted = disk::write_record(&path, &entry);
+                if noted.is_ok()
+                    && let Some(info) = self.state().entries.get_mut(&version)
+                {
+                    info.note = INTERRUPTED.to_owned();
+                }
+                tidy("note the interrupted apply in its history entry", noted);
             }
         }
-        self.prune()
+        tidy("prune the history", self.prune());
+        Ok(())
     }
 
     /// Sets the active version from `current.yaml`'s hash: the newest entry with that hash,
@@ -1000,8 +1011,15 @@ impl Shared {
         })?;
         let sha256 = disk::sha256_hex(record.config.as_bytes());
         disk::write_file(&self.paths.current, record.config.as_bytes())?;
-        disk::remove_durably(&self.paths.trial)?;
-        disk::remove_durably(&self.paths.staged)?;
+        // The commit point: what follows is tidying (see `tidy`).
+        tidy(
+            "remove the trial record",
+            disk::remove_durably(&self.paths.trial),
+        );
+        tidy(
+            "remove the staged record",
+            disk::remove_durably(&self.paths.staged),
+        );
         self.state().staged = None;
         self.set_active(
             ActiveConfig {
@@ -1157,14 +1175,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Logs a failure of the tidying after a commit point. The change has taken effect by then,
-/// so it is not reported as a failed change; [`ConfigStore::open`] finishes the tidying (a stale
-/// trial or staged record, history beyond its limit).
+/// Logs a failure of tidying: what follows a commit point (the change has taken effect, so it
+/// is not reported as failed) and what [`ConfigStore::open`] clears up. What is left (a stale
+/// trial or staged record, history beyond its limit, an entry not yet noted as interrupted) is
+/// harmless, since `open` reads the active config from `current.yaml`, and `open` tries again
+/// at the next start.
 fn tidy(what: &str, result: Result<(), Error>) {
     if let Err(err) = result {
         tracing::warn!(
             error = &err as &dyn std::error::Error,
-            "Configuration applied, but could not {what}"
+            "Could not {what}; the configuration in effect is not affected, and machined \
+             tries again at its next start"
         );
     }
 }
