@@ -261,3 +261,55 @@ async fn admin_config(node: &Node) -> PathBuf {
     node.gen_client_config("admin.config", "os:admin", "24h", &[node.apid_addr()])
         .await
 }
+
+/// A reset keeps the node's CA and credentials, so it must keep the list of certificates of
+/// that CA it refuses too: neither the reset nor the next start of machined brings a revoked
+/// certificate back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_keeps_the_revocation_list() {
+    within_test_deadline(async {
+        let mut node = Node::start().await;
+        let config = admin_config(&node).await;
+        let reader = identity(&node, Cert::Reader);
+        revocations(&node, Cert::Admin)
+            .await
+            .revoke(revoke_serial(&reader.serial, "left"))
+            .await
+            .unwrap_or_else(|status| panic!("Revoke: {status:?}{}", node.log_tail()));
+        refused_soon(&node, Cert::Reader).await;
+
+        let out = node
+            .basaltctl(&config, &["reset", "--reboot", "--timeout", "40s"])
+            .await;
+        assert!(out.status.success(), "reset --reboot: {}", text(&out));
+        let listed = |entries: Vec<RevokedCertificate>| {
+            entries.iter().map(|e| e.serial.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            listed(list(&node, Cert::Admin).await),
+            vec![reader.serial.clone()],
+            "after the reset"
+        );
+        let refusal = refused_soon(&node, Cert::Reader).await;
+        assert!(
+            refusal.contains("CertificateRevoked"),
+            "after the reset: {refusal}"
+        );
+
+        // machined's next start reads the list from disk again.
+        node.kill_machined();
+        node.restart().await;
+        assert_eq!(
+            listed(list(&node, Cert::Admin).await),
+            vec![reader.serial.clone()],
+            "after the restart"
+        );
+        let refusal = refused_soon(&node, Cert::Reader).await;
+        assert!(
+            refusal.contains("CertificateRevoked"),
+            "after the restart: {refusal}"
+        );
+        node.shutdown().await;
+    })
+    .await;
+}

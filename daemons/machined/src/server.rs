@@ -30,7 +30,7 @@ use crate::layers::Stack;
 use crate::lifecycle::{Lifecycle, LifecycleParts, StateLayout};
 use crate::pki_reconcile::{self, ConfigFeed};
 use crate::procfs::{ProcFs, ProcessUnits};
-use crate::revocation::{APID_REVOCATION_FILE, ProtectedCert, RevocationStore};
+use crate::revocation::{self, APID_REVOCATION_FILE, ProtectedCert, RevocationStore};
 use crate::services::RevocationApi;
 use crate::services::{CertificateApi, ConfigApi, Diagnostics, MachineApi, VersionFacts};
 use crate::supervise::{ServiceManager, ServiceSpec};
@@ -132,11 +132,15 @@ impl Server {
             boot_id: BootId::start(mode, state_dir.as_deref())?,
             state: state_dir.as_deref().map(|dir| {
                 // What survives a reset: see the `lifecycle` module docs.
-                let keep = [Some(socket.clone()), machine_config_file]
-                    .into_iter()
-                    .flatten()
-                    .chain(apid.iter().map(|(_, files, _)| files.dir.clone()))
-                    .chain(trustd.iter().map(|(_, files)| files.dir.clone()));
+                let keep = [
+                    Some(socket.clone()),
+                    machine_config_file,
+                    Some(dir.join(revocation::STORE_FILE)),
+                ]
+                .into_iter()
+                .flatten()
+                .chain(apid.iter().map(|(_, files, _)| files.dir.clone()))
+                .chain(trustd.iter().map(|(_, files)| files.dir.clone()));
                 StateLayout::new(dir, keep, services.log_dir.clone())
             }),
             ready_patience: boot_ready_patience,

@@ -39,8 +39,10 @@
 //! state directory except what the node needs to come back as itself ([`StateLayout`]):
 //! the machine config it was started from (the "STATE" Talos keeps on the install media in
 //! maintenance mode has no container-mode equivalent, and without it machined could not
-//! start again), its own socket, and apid's directory (credentials derived from the machine
-//! config, reissued from it, and apid's config file, which apid needs to start again).
+//! start again), its own socket, apid's directory (credentials derived from the machine
+//! config, reissued from it, and apid's config file, which apid needs to start again), and the
+//! revocation list: the node keeps its CA, so it must keep refusing the certificates of that CA
+//! an operator revoked (a reset that dropped the list would un-revoke them at the next start).
 //! Service log files are emptied in place instead of deleted, because the supervisor keeps
 //! them open. Everything else goes: config history, the boot id, files written by services.
 //! `graceful` is accepted (there is no etcd to leave). `user_disks_to_wipe` is refused
