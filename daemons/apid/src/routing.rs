@@ -9,7 +9,8 @@
 //! 2. `node` with several values is InvalidArgument;
 //! 3. `nodes` fans out to every target, for the services Talos allows it on;
 //! 4. `node` naming this node is served here, any other node is forwarded to its apid;
-//! 5. no target: served here.
+//! 5. no target: served here. A `node` or `nodes` value that is empty or not text is an
+//!    invalid target, never "no target".
 //!
 //! A node without forwarding credentials (a worker) refuses every call that needs another
 //! node with PermissionDenied "no request forwarding", as a Talos worker does. Both keys are
@@ -242,6 +243,7 @@ pub(crate) fn route(
     if forwarded {
         return Ok(Route::Local);
     }
+    let (node, nodes) = (node?, nodes?);
     if node.len() > 1 {
         return Err(RouteError::MultiValuedNode);
     }
@@ -286,20 +288,31 @@ pub(crate) fn route(
 }
 
 /// Every value of a metadata key; grpc-go may also join several values with commas.
-fn values(headers: &HeaderMap, key: &HeaderName) -> Vec<String> {
-    headers
-        .get_all(key)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .map(str::to_owned)
-        .collect()
+///
+/// A value that is empty or not text names no node, and is refused as an invalid target:
+/// dropping it would serve the call here, on a node the caller did not name.
+fn values(headers: &HeaderMap, key: &HeaderName) -> Result<Vec<String>, RouteError> {
+    let mut values = Vec::new();
+    for value in headers.get_all(key) {
+        let text = value.to_str().map_err(|_| RouteError::InvalidTarget {
+            target: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })?;
+        for target in text.split(',').map(str::trim) {
+            if target.is_empty() {
+                return Err(RouteError::InvalidTarget {
+                    target: text.trim().to_owned(),
+                });
+            }
+            values.push(target.to_owned());
+        }
+    }
+    Ok(values)
 }
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     const VERSION: &str = "/machine.MachineService/Version";
@@ -455,6 +468,44 @@ mod tests {
             Ok(Route::Local)
         );
         assert!(!map.contains_key(NODE) && !map.contains_key(NODES));
+    }
+
+    #[test]
+    fn an_empty_or_non_text_target_is_invalid_not_local() {
+        for (key, value) in [
+            ("node", ""),
+            ("node", " "),
+            ("nodes", ""),
+            ("nodes", "127.0.0.1,"),
+            ("nodes", " , "),
+        ] {
+            for can_forward in [true, false] {
+                let mut map = HeaderMap::new();
+                map.append(key, value.parse().unwrap());
+                assert_eq!(
+                    route(&mut map, &local(), VERSION, false, can_forward),
+                    Err(RouteError::InvalidTarget {
+                        target: value.trim().to_owned()
+                    }),
+                    "{key}: {value:?}"
+                );
+                assert!(!map.contains_key(key), "{key} is removed");
+            }
+        }
+        let mut map = HeaderMap::new();
+        map.append(NODE, HeaderValue::from_bytes(b"node-\xff").unwrap());
+        assert_eq!(
+            route(&mut map, &local(), VERSION, false, true),
+            Err(RouteError::InvalidTarget {
+                target: "node-\u{fffd}".to_owned()
+            })
+        );
+        // A forwarded call is served here whatever it names, as before.
+        let mut map = headers(&[("node", "")]);
+        assert_eq!(
+            route(&mut map, &local(), VERSION, true, true),
+            Ok(Route::Local)
+        );
     }
 
     #[test]

@@ -58,6 +58,20 @@ async fn a_forwarded_call_is_served_here_and_only_another_apid_can_forward() {
             .expect_err("not a host");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
+        // An empty target names no node: refused, not served here (which it was before
+        // 2026-12-08, a reboot meant for another node running on this one).
+        for (key, value) in [("node", ""), ("nodes", "127.0.0.1,")] {
+            let status = admin
+                .version(with_metadata((), &[(key, value)]))
+                .await
+                .expect_err("an empty target");
+            assert_eq!(status.code(), Code::InvalidArgument, "{key}: {status:?}");
+            assert!(
+                status.message().starts_with("invalid target"),
+                "{key}: {status:?}"
+            );
+        }
+
         backend.stop().await;
         let audit = apid.stop().await;
         let forwarded = audit
