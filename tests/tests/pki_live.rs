@@ -364,6 +364,16 @@ async fn rotated_token_lets_new_workers_join_and_the_old_one_expires() {
         trustd_sign(trustd, &ca, &old_token)
             .await
             .expect("the first token is still within its expiry");
+
+        // Rotating with 0s (a leaked token) refuses the previous token at once.
+        let out = control_plane
+            .basaltctl(&config, &["rotate-token", "--keep-old-for", "0s"])
+            .await;
+        assert!(out.status.success(), "{}", text(&out));
+        let fourth = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        accepted_soon(trustd, &ca, &fourth).await;
+        let refused = trustd_sign(trustd, &ca, &third).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     })
     .await;
 }

@@ -3,9 +3,25 @@
 
 use std::time::Duration;
 
+/// The longest duration any flag takes: 100 years. Longer is a typo, and could not be added to
+/// the current time (a deadline, a certificate's end) without overflowing.
+const MAX: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// Parses a duration such as `8760h`, `1h30m` or `30d`. Zero is refused: a certificate that is
-/// valid for no time is always a mistake.
+/// valid for no time is always a mistake. So is one longer than [`MAX`].
 pub(crate) fn parse(text: &str) -> Result<Duration, String> {
+    let duration = parse_or_zero(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "invalid duration {:?}: must be positive",
+            text.trim()
+        ));
+    }
+    Ok(duration)
+}
+
+/// [`parse`] for the flags where zero means "not at all" (`rotate-token --keep-old-for 0s`).
+pub(crate) fn parse_or_zero(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration; use e.g. 24h, 30d or 1h30m".to_owned());
@@ -51,10 +67,13 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
         rest = tail;
     }
-    if total == 0 {
-        return Err(format!("invalid duration {text:?}: must be positive"));
+    let duration = Duration::from_secs(total);
+    if duration > MAX {
+        return Err(format!(
+            "invalid duration {text:?}: at most 36500d (100 years)"
+        ));
     }
-    Ok(Duration::from_secs(total))
+    Ok(duration)
 }
 
 /// Renders a duration the way a person reads a certificate lifetime: `364d 23h`, `5h 2m`.
@@ -94,6 +113,21 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
+        assert_eq!(parse("36500d").unwrap(), MAX);
+        assert_eq!(parse_or_zero("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_or_zero("0h0m").unwrap(), Duration::ZERO);
+        assert!(parse_or_zero("").unwrap_err().contains("empty"));
+        assert!(
+            parse_or_zero("36501d")
+                .unwrap_err()
+                .contains("at most 36500d")
+        );
+        for long in ["36501d", "18446744073709551615s", "3000000d"] {
+            assert!(
+                parse(long).unwrap_err().contains("at most 36500d"),
+                "{long}"
+            );
+        }
     }
 
     #[test]

@@ -35,8 +35,9 @@ const MAX_MESSAGE_SIZE: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub(crate) struct RotateTokenArgs {
-    /// How long the old token stays accepted (e.g. 30m, 24h); 0s refuses it at once.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    /// How long the old token stays accepted (e.g. 30m, 24h; default 24h); 0s refuses it at
+    /// once (a leaked token).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_or_zero)]
     keep_old_for: Option<Duration>,
     /// Validate the change on every node and print the plan; change nothing.
     #[arg(long)]

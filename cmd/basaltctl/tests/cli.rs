@@ -316,3 +316,27 @@ fn a_bad_duration_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
 }
+
+/// Durations too long to add to the current time were accepted, and the commands panicked
+/// after they had begun (rotate-ca after applying its first step, a rollout after rebooting
+/// its first node). They are usage errors now, before anything is dialed.
+#[test]
+fn a_duration_beyond_100_years_is_a_usage_error_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["rotate-ca", "--wait", "18446744073709551615s"][..],
+        &["rotate-token", "--keep-old-for", "3000000d"],
+        &["reboot", "--yes", "--batch-timeout", "36501d"],
+        &["reboot", "--timeout", "18446744073709551615s"],
+        &["cluster", "create", "--wait", "18446744073709551615s"],
+    ] {
+        let out = basaltctl(dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("at most 36500d (100 years)"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
