@@ -29,11 +29,14 @@ pub(crate) enum ConfigCommand {
     Merge { file: PathBuf },
     /// Set the endpoints of the current context.
     Endpoints {
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = crate::connect::parse_endpoint)]
         endpoints: Vec<String>,
     },
     /// Set the default target nodes of the current context.
-    Nodes { nodes: Vec<String> },
+    Nodes {
+        #[arg(value_parser = crate::connect::parse_node)]
+        nodes: Vec<String>,
+    },
     /// Ask a control-plane node for a new client certificate and save it as a client config.
     New(crate::config_new::NewArgs),
 }

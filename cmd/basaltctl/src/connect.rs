@@ -18,11 +18,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Args)]
 pub(crate) struct TargetArgs {
     /// apid endpoints to dial (host or host:port, comma-separated), instead of the context's.
-    #[arg(short = 'e', long, value_delimiter = ',', value_name = "HOST[:PORT]")]
+    #[arg(short = 'e', long, value_delimiter = ',', value_name = "HOST[:PORT]", value_parser = parse_endpoint)]
     pub(crate) endpoints: Vec<String>,
     /// Nodes to run the command on (comma-separated), instead of the context's; without any,
     /// the endpoint itself answers.
-    #[arg(short = 'n', long, value_delimiter = ',', value_name = "NODE")]
+    #[arg(short = 'n', long, value_delimiter = ',', value_name = "NODE", value_parser = parse_node)]
     pub(crate) nodes: Vec<String>,
     /// How many nodes are called at once when several are targeted.
     #[arg(
@@ -32,6 +32,25 @@ pub(crate) struct TargetArgs {
         value_parser = parse_parallel
     )]
     pub(crate) parallel: usize,
+}
+
+/// An endpoint as `-e` and `config endpoints` take it, checked when it is given: a bad one
+/// saved in a context would fail every later command.
+pub(crate) fn parse_endpoint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    text.parse::<basalt_client::ApidEndpoint>()
+        .map_err(|err| err.to_string())?;
+    Ok(text.to_owned())
+}
+
+/// A node as `-n` and `config nodes` take it: an empty one names no node (apid refuses it as
+/// an invalid target).
+pub(crate) fn parse_node(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty node name; name a node by IP address or host name".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// `--parallel`: at least 1 (0 would never call anything), at most [`MAX_PARALLEL`].

@@ -147,31 +147,31 @@ fn gen_secrets(args: &SecretsArgs) -> anyhow::Result<()> {
 
 fn gen_config(args: &ConfigArgs) -> anyhow::Result<()> {
     let roles = known_roles(&args.roles)?;
+    // Everything is made before anything is written, and no file is replaced without --force:
+    // a failure (a certificate that would outlive year 9999, a file in the way) leaves the
+    // directory as it was.
+    let mut files: Vec<(PathBuf, Vec<u8>, &str)> = Vec::new();
     let bundle = match &args.with_secrets {
         Some(path) => load_bundle(path, args.identity.as_deref())?,
         None => {
             let bundle = new_bundle(KeyAlgorithm::Ed25519)?;
-            let path = args.output.join("secrets.yaml");
-            write_private(&path, bundle.to_yaml()?.as_bytes(), args.force)?;
-            eprintln!("wrote {} (keep it: it holds the CA key)", path.display());
+            files.push((
+                args.output.join("secrets.yaml"),
+                bundle.to_yaml()?.into_bytes(),
+                " (keep it: it holds the CA key)",
+            ));
             bundle
         }
     };
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("create directory {}", args.output.display()))?;
-
     for (kind, file) in [
         (MachineType::ControlPlane, "controlplane.yaml"),
         (MachineType::Worker, "worker.yaml"),
     ] {
         let config = MachineConfig::generate(&bundle, &args.name, &args.endpoint, kind)
             .with_context(|| format!("generate {file}"))?;
-        let path = args.output.join(file);
         // Both files carry the join token; the control-plane one also the CA key.
-        write_private(&path, config.to_yaml()?.as_bytes(), args.force)?;
-        eprintln!("wrote {}", path.display());
+        files.push((args.output.join(file), config.to_yaml()?.into_bytes(), ""));
     }
-
     // Talos names the generated context after the cluster; the certificate's CN says who holds
     // it (`admin@dev`) so audit records read well.
     let client = client_config(
@@ -182,9 +182,26 @@ fn gen_config(args: &ConfigArgs) -> anyhow::Result<()> {
         &default_context_name(&roles, &args.name),
         vec![args.endpoint.clone()],
     )?;
-    let path = args.output.join("basaltconfig");
-    write_private(&path, client.to_yaml()?.as_bytes(), args.force)?;
-    eprintln!("wrote {}", path.display());
+    files.push((
+        args.output.join("basaltconfig"),
+        client.to_yaml()?.into_bytes(),
+        "",
+    ));
+
+    if !args.force
+        && let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists())
+    {
+        anyhow::bail!(
+            "{} exists; pass --force to replace it (nothing was written)",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("create directory {}", args.output.display()))?;
+    for (path, bytes, note) in &files {
+        write_private(path, bytes, args.force)?;
+        eprintln!("wrote {}{note}", path.display());
+    }
     Ok(())
 }
 

@@ -223,6 +223,47 @@ fn gen_config_writes_node_configs_and_an_admin_context() {
     assert!(info.contains("127.0.0.1"), "{info}");
 }
 
+/// Without `--with-secrets`, into a directory that does not exist yet (secrets.yaml was
+/// written before the directory was made, and the command failed); and a file in the way stops
+/// the command before anything is written.
+#[test]
+fn gen_config_makes_its_secrets_and_writes_everything_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["gen", "config", "dev", "127.0.0.1", "-o", "new/dir"],
+    );
+    let out = dir.path().join("new/dir");
+    for file in [
+        "secrets.yaml",
+        "controlplane.yaml",
+        "worker.yaml",
+        "basaltconfig",
+    ] {
+        assert_eq!(mode(&out.join(file)), 0o600, "{file}");
+    }
+
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("worker.yaml"), "mine").unwrap();
+    let err = fails(
+        dir.path(),
+        &["gen", "config", "dev", "127.0.0.1", "-o", "other"],
+    );
+    assert!(err.contains("worker.yaml exists; pass --force"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    let mut left: Vec<_> = std::fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["worker.yaml"]);
+    assert_eq!(
+        std::fs::read_to_string(other.join("worker.yaml")).unwrap(),
+        "mine"
+    );
+}
+
 #[test]
 fn merging_twice_renames_the_clash_and_switches_context() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,4 +380,37 @@ fn a_duration_beyond_100_years_is_a_usage_error_before_anything_runs() {
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// A bad endpoint or an empty node name is a usage error when it is given, and one saved in a
+/// context would otherwise fail every later command.
+#[test]
+fn bad_endpoints_and_empty_nodes_are_usage_errors_and_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["gen", "config", "dev", "127.0.0.1", "-o", "out"],
+    );
+    let config = dir.path().join("out/basaltconfig");
+    let before = std::fs::read(&config).unwrap();
+    for (args, says) in [
+        (&["version", "-e", "a b"][..], "invalid endpoint \"a b\""),
+        (&["version", "-e", "h:99999"], "invalid endpoint"),
+        (&["version", "-n", ","], "empty node name"),
+        (&["version", "-n", "10.0.0.2,,10.0.0.3"], "empty node name"),
+        (&["config", "endpoints", "bad host"], "invalid endpoint"),
+        (&["config", "nodes", ""], "empty node name"),
+    ] {
+        let mut full = vec!["--config", "out/basaltconfig"];
+        full.extend_from_slice(args);
+        let out = basaltctl(dir.path(), &full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        before,
+        "the config is unchanged"
+    );
 }

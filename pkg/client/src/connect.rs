@@ -68,8 +68,10 @@ impl Target {
     }
 
     /// Replaces the target nodes (e.g. from `--nodes`). Empty means "the endpoint itself".
+    /// A node named twice is called once: a second reboot of the same node would fail ("a
+    /// reboot is already in progress") and report a failure for a reboot that worked.
     pub fn with_nodes(mut self, nodes: Vec<String>) -> Self {
-        self.nodes = nodes;
+        self.nodes = distinct(nodes);
         self
     }
 
@@ -166,9 +168,9 @@ impl Client {
         &self.nodes
     }
 
-    /// The same connection addressing other nodes.
+    /// The same connection addressing other nodes (each once, as [`Target::with_nodes`]).
     pub fn with_nodes(mut self, nodes: Vec<String>) -> Self {
-        self.nodes = nodes;
+        self.nodes = distinct(nodes);
         self
     }
 
@@ -318,4 +320,27 @@ async fn dial(
             endpoint: endpoint.to_string(),
             timeout,
         })?
+}
+
+/// `nodes` in their order, each once.
+fn distinct(nodes: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    nodes
+        .into_iter()
+        .filter(|node| seen.insert(node.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_named_twice_is_called_once_in_the_order_given() {
+        let nodes = ["10.0.0.3", "10.0.0.2", "10.0.0.3", "10.0.0.2", "10.0.0.4"];
+        assert_eq!(
+            distinct(nodes.iter().map(|n| n.to_string()).collect()),
+            ["10.0.0.3", "10.0.0.2", "10.0.0.4"]
+        );
+    }
 }
