@@ -630,6 +630,55 @@ async fn disk_usage_refuses_every_bad_path_and_an_empty_request() {
     .await;
 }
 
+/// One walk budget for the whole call: naming a tree many times walks no more than the limit
+/// (each path had its own budget before 2026-12-08, and one 32 MiB request could name `/`
+/// millions of times); more than 256 paths are refused before anything is resolved.
+#[tokio::test]
+async fn disk_usage_shares_one_walk_limit_across_its_paths_and_caps_their_number() {
+    within_deadline(async {
+        // `dir` is 4 entries: dir, dir/b.txt, dir/sub, dir/sub/c.txt.
+        let fixture = Fixture::start_with(|policy| policy.with_max_walk_entries(4)).await;
+        let dir = fixture.path("dir");
+        let once = fixture
+            .usage(DiskUsageRequest {
+                paths: vec![dir.clone()],
+                ..DiskUsageRequest::default()
+            })
+            .await
+            .expect("one tree within the limit");
+        assert!(!once.is_empty());
+        let status = fixture
+            .usage(DiskUsageRequest {
+                paths: vec![dir.clone(), dir.clone()],
+                ..DiskUsageRequest::default()
+            })
+            .await
+            .expect_err("twice the tree is over the limit");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("stopped after 4 entries"),
+            "{status:?}"
+        );
+
+        let status = fixture
+            .usage(DiskUsageRequest {
+                paths: vec![dir; 257],
+                ..DiskUsageRequest::default()
+            })
+            .await
+            .expect_err("too many paths");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("257 paths named; one call measures at most 256"),
+            "{status:?}"
+        );
+        fixture.stop().await;
+    })
+    .await;
+}
+
 // === Copy ===
 
 /// One unpacked archive entry: path, kind (`f`, `d`, `l`), contents or link target.

@@ -107,12 +107,12 @@ impl Files {
     /// `DiskUsage`: sizes of the requested paths and what is below them.
     pub(crate) async fn disk_usage(
         &self,
-        request: machine::DiskUsageRequest,
+        mut request: machine::DiskUsageRequest,
     ) -> Result<BoxStream<machine::DiskUsageInfo>, Error> {
         let policy = Arc::clone(&self.policy);
         let roots = {
             let policy = Arc::clone(&policy);
-            let paths = request.paths.clone();
+            let paths = std::mem::take(&mut request.paths);
             blocking(move || usage::resolve_all(&policy, &paths)).await?
         };
         Ok(produce(move |sink| {

@@ -14,6 +14,10 @@ use crate::Error;
 /// Talos counts `/proc/kcore` (whose size is the whole address space) as 0.
 const KCORE: &str = "/proc/kcore";
 
+/// Most paths one DiskUsage call may name. Each is resolved (and kept) before anything is
+/// measured, so without a cap one 32 MiB request of `"/"` repeated would hold millions of them.
+pub(crate) const MAX_PATHS: usize = 256;
+
 /// Resolves every requested path before anything is measured; the first bad one fails the
 /// call.
 pub(crate) fn resolve_all(policy: &FilesPolicy, paths: &[String]) -> Result<Vec<PathBuf>, Error> {
@@ -22,10 +26,19 @@ pub(crate) fn resolve_all(policy: &FilesPolicy, paths: &[String]) -> Result<Vec<
             reason: "at least one path is required".to_owned(),
         });
     }
+    if paths.len() > MAX_PATHS {
+        return Err(Error::InvalidArgument {
+            reason: format!(
+                "{} paths named; one call measures at most {MAX_PATHS}",
+                paths.len()
+            ),
+        });
+    }
     paths.iter().map(|path| policy.resolve(path)).collect()
 }
 
-/// Measures each root in turn and sends what passes the request's filters.
+/// Measures each root in turn and sends what passes the request's filters. The walk limit is
+/// one budget for the whole call, not one per root, so naming a path many times walks no more.
 pub(crate) fn stream(
     policy: &FilesPolicy,
     roots: &[PathBuf],
@@ -37,19 +50,27 @@ pub(crate) fn stream(
         all: request.all,
         threshold: request.threshold,
     };
+    let limit = policy.max_walk_entries();
+    let mut visited = 0;
     for root in roots {
         let options = WalkOptions {
             max_depth: None,
-            limit: policy.max_walk_entries(),
+            limit: limit - visited,
         };
-        match measure(policy, root, options, filter, |info| sink.send(info)) {
+        let outcome = match options.limit {
+            0 => Outcome::Limit,
+            _ => measure(policy, root, options, filter, &mut visited, |info| {
+                sink.send(info)
+            }),
+        };
+        match outcome {
             Outcome::Complete => {}
             Outcome::Stopped => return,
             Outcome::Limit => {
                 sink.fail(
                     Error::WalkLimit {
                         path: root.display().to_string(),
-                        limit: options.limit,
+                        limit,
                     }
                     .into(),
                 );
@@ -95,11 +116,13 @@ struct Open {
 /// Walks `root`, adding each directory's children (its own size included) and sending each
 /// kept entry through `send` (files when met, directories after their children). Entries that
 /// cannot be measured are sent with `error` (when their depth is shown) and count as 0.
+/// `visited` counts the entries walked.
 fn measure(
     policy: &FilesPolicy,
     root: &Path,
     options: WalkOptions,
     filter: Filter,
+    visited: &mut usize,
     mut send: impl FnMut(DiskUsageInfo) -> bool,
 ) -> Outcome {
     let mut open: Vec<Open> = Vec::new();
@@ -112,6 +135,7 @@ fn measure(
     };
     walk(root, policy, options, |visit| match visit {
         Visit::Entry(entry) => {
+            *visited += 1;
             let meta = match &entry.metadata {
                 Ok(meta) => meta,
                 Err(err) => {
@@ -253,7 +277,8 @@ mod tests {
 
     fn sizes(root: &Path, policy: &FilesPolicy, filter: Filter) -> Vec<(String, i64, bool)> {
         let mut out = Vec::new();
-        let outcome = measure(policy, root, ALL, filter, |info| {
+        let mut visited = 0;
+        let outcome = measure(policy, root, ALL, filter, &mut visited, |info| {
             out.push((info.relative_name, info.size, !info.error.is_empty()));
             true
         });
