@@ -124,6 +124,41 @@ async fn every_read_only_handler_answers_one_message_without_metadata() {
             processes.messages[0].processes.iter().any(|p| p.pid == me),
             "the test process itself is listed"
         );
+        // A process that names itself with bytes that are not UTF-8 is listed all the same
+        // (it was dropped before 2026-12-08: a way to hide from Processes).
+        let mut hidden = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, sys; ctypes.CDLL(None).prctl(15, b'ev\\xffil', 0, 0, 0); \
+                 print(flush=True); sys.stdin.read()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let mut renamed = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(hidden.stdout.as_mut().expect("stdout")),
+            &mut renamed,
+        )
+        .expect("python3 renamed itself");
+        let processes = client
+            .processes(reader())
+            .await
+            .expect("Processes")
+            .into_inner();
+        let pid = i32::try_from(hidden.id()).expect("pid");
+        let listed = processes.messages[0]
+            .processes
+            .iter()
+            .find(|p| p.pid == pid);
+        drop(hidden.stdin.take());
+        let _ = hidden.wait();
+        assert_eq!(
+            listed.map(|p| p.command.as_str()),
+            Some("ev\u{fffd}il"),
+            "a process with a non-UTF-8 name is listed"
+        );
 
         let mounts = client.mounts(reader()).await.expect("Mounts").into_inner();
         assert_eq!(mounts.messages.len(), 1);

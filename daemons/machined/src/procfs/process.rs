@@ -59,8 +59,10 @@ fn read_one(dir: &Path, units: ProcessUnits) -> Result<Option<ProcessInfo>, Stri
         // Kernel threads have no executable; for vanished or foreign processes skip as well.
         Err(_) => return Ok(None),
     };
-    let stat = match fs::read_to_string(dir.join("stat")) {
-        Ok(text) => text,
+    // Bytes, not text: a process may name itself anything (`prctl(PR_SET_NAME)`), and one
+    // whose name is not UTF-8 must still be listed, not hidden.
+    let stat = match fs::read(dir.join("stat")) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(err) if is_gone(&err) => return Ok(None),
         Err(err) => return Err(format!("stat: {err}")),
     };
