@@ -221,6 +221,25 @@ where
     let missing = fixture.path("nope");
     let status = call(missing.clone()).await.expect_err("missing path");
     refused(&status, Code::NotFound, &missing);
+
+    // Paths that cannot be resolved for the caller's reasons: InvalidArgument, saying why
+    // (a NUL byte was an internal error before 2026-12-08).
+    let looping = fixture.allowed.join("loop");
+    std::os::unix::fs::symlink("loop", &looping).expect("symlink loop");
+    let long = fixture.path(&"x".repeat(300));
+    for (path, why) in [
+        (fixture.path("loop/a"), "symbolic links"),
+        (long, "too long"),
+        (fixture.path("a\0b"), "nul byte"),
+    ] {
+        let status = call(path.clone()).await.expect_err(why);
+        assert_eq!(status.code(), Code::InvalidArgument, "{why}: {status:?}");
+        assert!(
+            status.message().to_lowercase().contains(why),
+            "{why}: {status:?}"
+        );
+    }
+    std::fs::remove_file(&looping).expect("remove the loop");
 }
 
 // === Read ===

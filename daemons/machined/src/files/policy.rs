@@ -369,6 +369,9 @@ impl fmt::Display for DenyRule {
     }
 }
 
+/// `ELOOP` on Linux (every architecture basalt builds for).
+const ELOOP: i32 = 40;
+
 /// The error for a path that could not be canonicalized.
 fn refusal(requested: &str, path: &Path, err: io::Error) -> Error {
     match err.kind() {
@@ -379,9 +382,14 @@ fn refusal(requested: &str, path: &Path, err: io::Error) -> Error {
             path: requested.to_owned(),
             reason: "machined has no permission to resolve it".to_owned(),
         },
-        // A symlink loop, a name too long, …: the caller's path is the problem; say which and
-        // why. (std has no stable ErrorKind for ELOOP.)
-        _ if err.raw_os_error().is_some() => Error::InvalidArgument {
+        // A symlink loop or a name too long: the caller's path is the problem; say which and
+        // why. (std has no stable ErrorKind for ELOOP.) Anything else (EIO, ENOMEM, ESTALE) is
+        // the node's, and an internal error.
+        // ENAMETOOLONG, or (std's own check) a NUL byte in the path.
+        io::ErrorKind::InvalidFilename | io::ErrorKind::InvalidInput => Error::InvalidArgument {
+            reason: format!("cannot resolve {requested:?}: {}", super::io_text(&err)),
+        },
+        _ if err.raw_os_error() == Some(ELOOP) => Error::InvalidArgument {
             reason: format!("cannot resolve {requested}: {}", super::io_text(&err)),
         },
         _ => Error::File {
