@@ -148,6 +148,18 @@ pub enum Error {
         /// `start`, `stop` or `restart`.
         operation: &'static str,
     },
+    /// The service is held until the node is ready for it (a worker's apid waits for its
+    /// certificate from trustd); it starts by itself then, and nothing controls it before.
+    #[error(
+        "service {service:?} cannot {operation} yet: it waits for the node's certificate from \
+         trustd and starts by itself once the node has it"
+    )]
+    ServiceHeld {
+        /// The service.
+        service: String,
+        /// `start`, `stop` or `restart`.
+        operation: &'static str,
+    },
     /// `Logs` named a log source that does not exist (Talos's text; NotFound here).
     #[error("log {id:?} was not registered")]
     UnknownLog {
@@ -300,7 +312,7 @@ impl From<Error> for Status {
             err @ (Error::UnknownService { .. } | Error::UnknownLog { .. }) => {
                 Status::not_found(err.to_string())
             }
-            err @ Error::ServiceControlRefused { .. } => {
+            err @ (Error::ServiceControlRefused { .. } | Error::ServiceHeld { .. }) => {
                 Status::failed_precondition(err.to_string())
             }
             err @ Error::ShuttingDown => Status::unavailable(err.to_string()),

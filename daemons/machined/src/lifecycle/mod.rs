@@ -218,8 +218,9 @@ impl Lifecycle {
 
     /// `Reboot`: starts the reboot sequence, returns its actor id.
     pub(crate) fn reboot(&self, mode: machine::reboot_request::Mode) -> Result<String, Error> {
-        self.inner.begin(Kind::Reboot)?;
+        // The id first: a failure after `begin` would leave the slot taken for good.
         let actor = new_actor_id()?;
+        self.inner.begin(Kind::Reboot)?;
         tracing::info!(actor_id = %actor, mode = mode.as_str_name(), "Reboot requested");
         let inner = Arc::clone(&self.inner);
         let id = actor.clone();
@@ -230,8 +231,9 @@ impl Lifecycle {
     /// `Shutdown`: starts the shutdown sequence, returns its actor id. `force` is accepted
     /// (there is no cordon or drain to skip).
     pub(crate) fn shutdown(&self, force: bool) -> Result<String, Error> {
-        self.inner.begin(Kind::Shutdown)?;
+        // The id first: a failure after `begin` would leave the slot taken for good.
         let actor = new_actor_id()?;
+        self.inner.begin(Kind::Shutdown)?;
         tracing::info!(actor_id = %actor, force, "Shutdown requested");
         let inner = Arc::clone(&self.inner);
         let id = actor.clone();
@@ -242,8 +244,9 @@ impl Lifecycle {
     /// `Reset`: checks the request, starts the reset sequence, returns its actor id.
     pub(crate) fn reset(&self, request: &machine::ResetRequest) -> Result<String, Error> {
         let plan = ResetPlan::check(request)?;
-        self.inner.begin(Kind::Reset)?;
+        // The id first: a failure after `begin` would leave the slot taken for good.
         let actor = new_actor_id()?;
+        self.inner.begin(Kind::Reset)?;
         tracing::info!(
             actor_id = %actor,
             graceful = request.graceful,

@@ -294,12 +294,6 @@ impl ServiceManager {
 
     async fn control(&self, id: &str, operation: Operation) -> Result<String, Error> {
         let unit = self.unit(id)?;
-        if self.is_held(id) {
-            return Err(Error::ServiceControlRefused {
-                service: id.to_owned(),
-                operation: operation.as_str(),
-            });
-        }
         let allowed = match operation {
             Operation::Start => unit.spec.api.start,
             Operation::Stop => unit.spec.api.stop,
@@ -307,6 +301,13 @@ impl ServiceManager {
         };
         if !allowed {
             return Err(Error::ServiceControlRefused {
+                service: id.to_owned(),
+                operation: operation.as_str(),
+            });
+        }
+        // Allowed, but not yet: nothing would answer the request.
+        if self.is_held(id) {
+            return Err(Error::ServiceHeld {
                 service: id.to_owned(),
                 operation: operation.as_str(),
             });
@@ -780,10 +781,13 @@ mod tests {
         eventually("web running", || state_of(&manager, "web") == "Running").await;
         assert_eq!(state_of(&manager, "apid"), "Initialized");
         assert!(manager.is_held("apid"));
-        assert!(matches!(
-            manager.start("apid").await,
-            Err(Error::ServiceControlRefused { .. })
-        ));
+        let held = manager.start("apid").await.expect_err("held");
+        assert!(matches!(held, Error::ServiceHeld { .. }), "{held:?}");
+        assert_eq!(
+            held.to_string(),
+            "service \"apid\" cannot start yet: it waits for the node's certificate from trustd \
+             and starts by itself once the node has it"
+        );
         // Whole-node stop and start skip it instead of waiting for a runner that is not there.
         tokio::time::timeout(Duration::from_secs(10), async {
             manager.stop_all().await;
