@@ -156,3 +156,49 @@ async fn nodes_naming_this_node_get_metadata_and_a_failure_is_an_element() {
     })
     .await;
 }
+
+/// The replies of a fan-out are merged into one message, so together they may hold at most
+/// its limit: a node whose reply does not fit becomes an error element, and apid never holds
+/// more than about one message (before 2026-12-08 it held every node's reply, up to 32 MiB
+/// each, before it found the merged one too large and failed the whole call).
+#[tokio::test]
+async fn fanned_out_replies_together_stay_within_one_message() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let backend = apid.backend().await;
+        let mut client = apid
+            .machine(&pki, &pki.client(&["os:admin"]))
+            .max_decoding_message_size(support::CLIENT_MESSAGE_LIMIT);
+        let twelve_mib = (12 * 1024 * 1024).to_string();
+        let reply = client
+            .version(with_metadata(
+                (),
+                &[
+                    ("nodes", "127.0.0.1,127.0.0.1,127.0.0.1"),
+                    ("test-reply-bytes", &twelve_mib),
+                ],
+            ))
+            .await
+            .expect("the fan-out answers")
+            .into_inner();
+        assert_eq!(reply.messages.len(), 3);
+        let (fitted, refused): (Vec<_>, Vec<_>) = reply
+            .messages
+            .iter()
+            .partition(|m| m.metadata.as_ref().is_some_and(|md| md.error.is_empty()));
+        assert_eq!(fitted.len(), 2, "two 12 MiB replies fit in 32 MiB");
+        for message in &fitted {
+            let tag = &message.version.as_ref().expect("version").tag;
+            assert_eq!(tag.len(), 12 * 1024 * 1024);
+        }
+        let error = &refused[0].metadata.as_ref().expect("metadata").error;
+        assert!(
+            error.contains("the replies of the nodes together exceed the limit"),
+            "{error}"
+        );
+        backend.stop().await;
+        apid.stop().await;
+    })
+    .await;
+}

@@ -6,7 +6,8 @@
 //!   which decodes as one reply whose `messages` hold every node's elements, in the order the
 //!   targets were named. A node that fails (unreachable, a non-OK status, a timeout, a reply
 //!   that cannot be spliced) contributes one element holding only metadata with `error` and
-//!   `status`; the call itself returns OK.
+//!   `status`; the call itself returns OK. The replies together may hold one message's limit
+//!   (`ReplyBudget`): a node whose reply does not fit fails with ResourceExhausted.
 //! - **Server streams** (Talos's list of streaming methods): every node's messages are passed
 //!   on as they arrive, interleaved, each with `metadata.hostname` appended; a node that fails
 //!   contributes one message with metadata `error` and `status`; the call ends (OK) when
@@ -117,6 +118,7 @@ pub(crate) async fn handle(
     };
 
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let replies = Arc::new(ReplyBudget::default());
     let (tx, rx) = mpsc::channel(if streaming { STREAM_BUFFER } else { 1 });
     let mut tasks = Vec::with_capacity(targets.len());
     for target in targets {
@@ -137,6 +139,7 @@ pub(crate) async fn handle(
             metadata: splice::metadata(&target.target.name, None),
             target,
             limit: Arc::clone(&limit),
+            replies: Arc::clone(&replies),
         };
         tasks.push(if streaming {
             let tx = tx.clone();
@@ -208,6 +211,37 @@ struct Node {
     /// The encoded `common.Metadata { hostname }` spliced into its messages.
     metadata: Vec<u8>,
     limit: Arc<Semaphore>,
+    /// Bytes the unary replies of all nodes may hold together.
+    replies: Arc<ReplyBudget>,
+}
+
+/// What the unary replies of one fan-out may hold together: the merged reply is one message,
+/// so more than [`MAX_MESSAGE_SIZE`] can never be sent. Nodes take from it as their bytes
+/// arrive; a node whose reply does not fit fails (and gives back what it took), so a fan-out
+/// holds about one message's worth, not one per node.
+#[derive(Debug)]
+struct ReplyBudget(std::sync::atomic::AtomicUsize);
+
+impl Default for ReplyBudget {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicUsize::new(MAX_MESSAGE_SIZE))
+    }
+}
+
+impl ReplyBudget {
+    /// Takes `bytes`, or nothing and `false` when fewer are left.
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.0.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Why a node has no (more) reply.
@@ -282,17 +316,24 @@ impl Node {
         };
         let mut recv = response.into_body();
         let mut frames = Deframer::default();
+        let mut taken = 0;
         while let Some(data) = recv.data().await {
             let data = data.map_err(|err| self.broken(&err))?;
             let _ = recv.flow_control().release_capacity(data.len());
-            frames.push(&data);
-            // A unary reply is one message; more than that is refused before it piles up.
-            if frames.len() > MAX_MESSAGE_SIZE + 5 {
+            // The replies are merged into one message; what cannot fit is refused before it
+            // piles up.
+            if !self.replies.take(data.len()) {
+                self.replies.give_back(taken);
                 return Err(NodeError::new(
                     Code::ResourceExhausted,
-                    format!("the reply exceeds the limit of {MAX_MESSAGE_SIZE} bytes"),
+                    format!(
+                        "the replies of the nodes together exceed the limit of \
+                         {MAX_MESSAGE_SIZE} bytes for one message"
+                    ),
                 ));
             }
+            taken += data.len();
+            frames.push(&data);
         }
         let trailers = recv.trailers().await.map_err(|err| self.broken(&err))?;
         check_status(trailers.as_ref())?;
@@ -529,10 +570,6 @@ impl Deframer {
     /// prefix, so a caller that drains after each push holds at most one message.
     fn push(&mut self, data: &[u8]) {
         self.buffer.extend_from_slice(data);
-    }
-
-    fn len(&self) -> usize {
-        self.buffer.len()
     }
 
     fn peek_len(&self) -> Option<usize> {

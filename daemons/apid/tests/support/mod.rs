@@ -302,13 +302,22 @@ impl MachineService for FakeMachined {
         &self,
         request: Request<()>,
     ) -> Result<Response<machine::VersionResponse>, Status> {
+        // `test-reply-bytes: N` asks for a reply of about N bytes (fan-out's size limits).
+        let tag = match request
+            .metadata()
+            .get("test-reply-bytes")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        {
+            Some(bytes) => "x".repeat(bytes),
+            None => "v0.1.0-test".to_owned(),
+        };
         Ok(echo(
             request.metadata(),
             machine::VersionResponse {
                 messages: vec![machine::Version {
                     metadata: None,
                     version: Some(machine::VersionInfo {
-                        tag: "v0.1.0-test".to_owned(),
+                        tag,
                         ..Default::default()
                     }),
                     platform: None,
