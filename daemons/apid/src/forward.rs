@@ -230,13 +230,33 @@ pub(crate) async fn send_buffered(
 
 /// A lazily made HTTP/2 connection that is made again after it closed. Connecting is
 /// serialized, so a burst of calls after the upstream came back opens one connection, not one
-/// each.
+/// each; and the calls that waited for an attempt that failed get its error, so a burst to a
+/// dead node waits for one connect timeout, not one each in turn.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionSlot {
     /// The open connection, if any. Held only to clone or replace it, never across an
     /// `.await`.
     current: Mutex<Option<Connection>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts finished so far, and the error of the last one if it failed.
+    /// Written only while `connecting` is held.
+    attempts: Mutex<(u64, Option<SharedFailure>)>,
+}
+
+/// A failed connect, handed to every call that waited for that attempt.
+#[derive(Clone, Debug)]
+struct SharedFailure(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl ConnectionSlot {
@@ -249,18 +269,43 @@ impl ConnectionSlot {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
+        let seen = self.attempts().0;
         let _connecting = self.connecting.lock().await;
-        // Another call may have connected while this one waited.
+        // Another call may have connected while this one waited, or failed to.
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
+        }
+        if let (finished, Some(failure)) = self.attempts()
+            && finished != seen
+        {
+            return Err(Box::new(failure));
         }
         // Boxed: connecting is rare, and its future (unix or TLS connect plus the HTTP/2
         // handshake) is kilobytes. Inline, it made every call's future that large, and hyper
         // copies each call's future into the heap (docs/BENCHMARKS.md).
-        let connection = Box::pin(connect()).await?;
-        let sender = connection.sender.clone();
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
-        Ok(sender)
+        let result = Box::pin(connect()).await;
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        attempts.0 += 1;
+        match result {
+            Ok(connection) => {
+                attempts.1 = None;
+                let sender = connection.sender.clone();
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
+                Ok(sender)
+            }
+            Err(err) => {
+                let failure = SharedFailure(Arc::from(err));
+                attempts.1 = Some(failure.clone());
+                Err(Box::new(failure))
+            }
+        }
+    }
+
+    fn attempts(&self) -> (u64, Option<SharedFailure>) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the slot holds a connection that is still open.
@@ -478,6 +523,37 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Calls that waited for an attempt that failed get its error instead of each dialing in
+    /// turn; a call that comes after the failure tries again.
+    #[tokio::test]
+    async fn a_failed_connect_is_shared_with_the_calls_that_waited_for_it() {
+        let slot = Arc::new(ConnectionSlot::default());
+        let dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dial = |dials: Arc<std::sync::atomic::AtomicUsize>| async move {
+            dials.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err::<Connection, BoxError>("connection refused (test)".into())
+        };
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (slot, dials) = (Arc::clone(&slot), Arc::clone(&dials));
+            burst.spawn(async move { slot.sender(|| dial(dials)).await.map(drop) });
+        }
+        while let Some(result) = burst.join_next().await {
+            let err = result.expect("task").expect_err("nothing to connect to");
+            assert_eq!(err.to_string(), "connection refused (test)");
+        }
+        assert_eq!(dials.load(Ordering::SeqCst), 1, "one dial for the burst");
+
+        let err = slot
+            .sender(|| dial(Arc::clone(&dials)))
+            .await
+            .map(drop)
+            .expect_err("still nothing");
+        assert_eq!(err.to_string(), "connection refused (test)");
+        assert_eq!(dials.load(Ordering::SeqCst), 2, "a later call dials again");
+    }
 
     #[test]
     fn grpc_timeouts_parse() {
