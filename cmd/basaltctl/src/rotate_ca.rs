@@ -43,9 +43,7 @@ use basalt_client::{ApidEndpoint, Client, ConnectOptions, Credentials, Target, p
 use basalt_config::client::Context;
 use basalt_config::fs::{Overwrite, write_atomic};
 use basalt_config::machine::{RawCa, RawCertificate};
-use basalt_config::{
-    Base64Pem, CertAndKey, ClientConfig, MachineConfig, MachineType, SecretsBundle,
-};
+use basalt_config::{Base64Pem, CertAndKey, ClientConfig, MachineConfig, MachineType, secrets_age};
 use basalt_pki::{
     CLOCK_SKEW_ALLOWANCE, CaOptions, CertificateAuthority, ClientCertRequest, Identity,
     KeyAlgorithm,
@@ -85,6 +83,10 @@ pub(crate) struct RotateCaArgs {
     /// any node signs with it.
     #[arg(long, value_name = "FILE")]
     with_secrets: Option<PathBuf>,
+    /// age identity file (age-keygen format) that decrypts an encrypted --with-secrets bundle;
+    /// the bundle is saved encrypted again, to this file's identities.
+    #[arg(long, value_name = "FILE", requires = "with_secrets")]
+    identity: Option<PathBuf>,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -121,7 +123,7 @@ async fn rotate(args: RotateCaArgs, globals: &Globals) -> anyhow::Result<()> {
     let nodes = Nodes::from_context(&context, &args.target)?;
     if let Some(path) = &args.with_secrets {
         // Found unreadable now rather than after the nodes changed.
-        SecretsBundle::load(path).with_context(|| {
+        secrets_age::load_bundle_to_rewrite(path, args.identity.as_deref()).with_context(|| {
             format!(
                 "load secrets bundle {}; nothing was changed",
                 path.display()
@@ -207,8 +209,9 @@ async fn rotate(args: RotateCaArgs, globals: &Globals) -> anyhow::Result<()> {
     // 2. The new client credentials are saved before any node signs with the new CA.
     eprintln!("[2/5] {}", steps[1]);
     if let Some(path) = &args.with_secrets {
-        save_ca_in_bundle(path, &plan.new_ca)?;
-        eprintln!("      saved the new CA in {}", path.display());
+        let encrypted = save_ca_in_bundle(path, args.identity.as_deref(), &plan.new_ca)?;
+        let form = if encrypted { " (age-encrypted)" } else { "" };
+        eprintln!("      saved the new CA in {}{form}", path.display());
     }
     save_context(
         &mut client_config,
@@ -909,22 +912,29 @@ fn save_context(
         .with_context(|| format!("save client config {}", globals.config_path.display()))
 }
 
-/// Makes `ca` the bundle's `certs.os` (the file is replaced atomically, mode 0600).
-fn save_ca_in_bundle(path: &std::path::Path, ca: &CertificateAuthority) -> anyhow::Result<()> {
-    let mut bundle = SecretsBundle::load(path)
+/// Makes `ca` the bundle's `certs.os`, keeping the file encrypted if it was (replaced
+/// atomically, mode 0600). Returns whether it is encrypted.
+fn save_ca_in_bundle(
+    path: &std::path::Path,
+    identity: Option<&std::path::Path>,
+    ca: &CertificateAuthority,
+) -> anyhow::Result<bool> {
+    let (mut bundle, form) = secrets_age::load_bundle_to_rewrite(path, identity)
         .with_context(|| format!("load secrets bundle {}", path.display()))?;
     bundle.certs.os = CertAndKey::from_pem(ca.cert_pem().to_owned(), ca.key_pem());
-    let yaml = bundle.to_yaml().context("render the secrets bundle")?;
-    write_atomic(path, yaml.as_bytes(), PRIVATE_FILE_MODE, Overwrite::Allow)
-        .with_context(|| format!("write {}", path.display()))
+    let bytes = secrets_age::render_bundle(&bundle, &form).context("render the secrets bundle")?;
+    write_atomic(path, &bytes, PRIVATE_FILE_MODE, Overwrite::Allow)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(matches!(form, secrets_age::BundleForm::Encrypted(_)))
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
+    use age::secrecy::ExposeSecret as _;
     use basalt_authz::RoleSet;
-    use basalt_config::BundleCerts;
+    use basalt_config::{BundleCerts, SecretsBundle};
 
     use super::*;
 
@@ -1122,6 +1132,43 @@ mod tests {
     }
 
     #[test]
+    fn an_encrypted_bundle_is_saved_encrypted_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, key) = (dir.path().join("secrets.age"), dir.path().join("key.txt"));
+        let identity = age::x25519::Identity::generate();
+        std::fs::write(&key, identity.to_string().expose_secret()).expect("write identity");
+        let old = ca(KeyAlgorithm::Ed25519);
+        let bundle = SecretsBundle::new(BundleCerts::os_only(CertAndKey::from_pem(
+            old.cert_pem().to_owned(),
+            old.key_pem(),
+        )))
+        .expect("bundle");
+        let encrypted =
+            secrets_age::encrypt_bundle(&bundle, &identity.to_public()).expect("encrypt");
+        std::fs::write(&path, encrypted).expect("write");
+
+        // Without the identity: refused, the file untouched.
+        let new = ca(KeyAlgorithm::Ed25519);
+        let err = save_ca_in_bundle(&path, None, &new).expect_err("no identity");
+        assert!(format!("{err:#}").contains("--identity"), "{err:#}");
+
+        assert!(
+            save_ca_in_bundle(&path, Some(&key), &new).expect("save"),
+            "encrypted"
+        );
+        let bytes = std::fs::read(&path).expect("read");
+        assert!(
+            secrets_age::is_age_encrypted(&bytes),
+            "still encrypted at rest"
+        );
+        let saved = secrets_age::load_bundle(&path, Some(&key)).expect("decrypt");
+        assert_eq!(saved.certs.os.crt.as_bytes(), new.cert_pem().as_bytes());
+        assert_eq!(saved.trustdinfo, bundle.trustdinfo, "the rest is kept");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
     fn with_secrets_replaces_only_the_os_ca_of_the_bundle() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("secrets.yaml");
@@ -1133,7 +1180,10 @@ mod tests {
         .expect("bundle");
         std::fs::write(&path, bundle.to_yaml().expect("yaml")).expect("write");
         let new = ca(KeyAlgorithm::EcdsaP256);
-        save_ca_in_bundle(&path, &new).expect("save");
+        assert!(
+            !save_ca_in_bundle(&path, None, &new).expect("save"),
+            "plain"
+        );
         let saved = SecretsBundle::load(&path).expect("load");
         assert_eq!(
             saved.certs.os.crt.as_bytes(),

@@ -121,6 +121,21 @@ fn an_encrypted_bundle_needs_the_right_identity_everywhere_it_is_read() {
     );
     assert!(dir.join("out/controlplane.yaml").exists());
 
+    // rotate-ca reads the bundle before it changes any node: without the identity it stops
+    // there (it had no --identity before 2026-12-08 and could not read such a bundle at all).
+    let rotate = [
+        "--config",
+        "out/basaltconfig",
+        "rotate-ca",
+        "--with-secrets",
+        "secrets.age",
+        "-e",
+        "127.0.0.1:1",
+    ];
+    let err = fails(dir, &rotate);
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(err.contains("--identity"), "{err}");
+
     // A bad recipient is refused before anything is generated.
     let err = fails(
         dir,

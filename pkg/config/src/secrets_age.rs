@@ -17,7 +17,9 @@
 //! interactive prompt has no place in a tool that scripts call).
 //!
 //! Plaintext is held in memory only as long as parsing needs it; the decrypted YAML never
-//! touches the disk.
+//! touches the disk. A command that changes a bundle (`rotate-ca --with-secrets`) writes it
+//! back in the form it found it ([`load_bundle_to_rewrite`]): an encrypted one stays encrypted,
+//! to the identities that decrypted it.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -189,13 +191,55 @@ pub fn encrypt_bundle(
     recipient: &x25519::Recipient,
 ) -> Result<Vec<u8>, AgeError> {
     let yaml = bundle.to_yaml()?;
-    encrypt(yaml.as_bytes(), recipient)
+    encrypt(yaml.as_bytes(), std::slice::from_ref(recipient))
 }
 
-fn encrypt(plaintext: &[u8], recipient: &x25519::Recipient) -> Result<Vec<u8>, AgeError> {
-    let encryptor =
-        age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
-            .map_err(AgeError::EncryptSetup)?;
+/// How a bundle file was stored, so that a command that changes the bundle writes it back the
+/// same way ([`load_bundle_to_rewrite`], [`render_bundle`]).
+#[derive(Debug)]
+pub enum BundleForm {
+    /// Plain YAML.
+    Plain,
+    /// age-encrypted; written back to the recipients of the identities that decrypted it.
+    Encrypted(Vec<x25519::Recipient>),
+}
+
+/// [`load_bundle`], and how the file is stored. An encrypted bundle is to be written back
+/// encrypted to every identity in `identity_file` (their public halves), since the other
+/// recipients it may have had cannot be read from the file.
+pub fn load_bundle_to_rewrite(
+    path: &Path,
+    identity_file: Option<&Path>,
+) -> Result<(SecretsBundle, BundleForm), AgeError> {
+    let bundle = load_bundle(path, identity_file)?;
+    let form = match identity_file {
+        Some(identity_file) if is_age_encrypted(&read_bounded(path)?) => BundleForm::Encrypted(
+            read_identities(identity_file)?
+                .iter()
+                .map(x25519::Identity::to_public)
+                .collect(),
+        ),
+        _ => BundleForm::Plain,
+    };
+    Ok((bundle, form))
+}
+
+/// The bundle's file contents in `form`.
+pub fn render_bundle(bundle: &SecretsBundle, form: &BundleForm) -> Result<Vec<u8>, AgeError> {
+    let yaml = bundle.to_yaml()?;
+    match form {
+        BundleForm::Plain => Ok(yaml.into_bytes()),
+        BundleForm::Encrypted(recipients) => encrypt(yaml.as_bytes(), recipients),
+    }
+}
+
+fn encrypt(plaintext: &[u8], recipients: &[x25519::Recipient]) -> Result<Vec<u8>, AgeError> {
+    let encryptor = age::Encryptor::with_recipients(
+        recipients
+            .iter()
+            .map(|recipient| recipient as &dyn age::Recipient),
+    )
+    .map_err(AgeError::EncryptSetup)?;
     let mut out = Vec::new();
     let armored =
         ArmoredWriter::wrap_output(&mut out, Format::AsciiArmor).map_err(AgeError::Encrypt)?;
