@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use crate::Globals;
 use crate::connect::{connect, runtime};
 use crate::node_cmd::{NodeArgs, NodeTable, WithMetadata, or_dash, replies, show};
+use crate::usage::OrUsage as _;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CertCommand {
@@ -84,6 +85,11 @@ pub(crate) fn run(cmd: CertCommand, globals: &Globals) -> anyhow::Result<()> {
 /// The request for `--serial` as given, or for `--cert`'s fingerprint. A CA certificate is
 /// refused here already (the node refuses it too): revoking a CA is done by rotating it.
 fn revoke_request(args: &RevokeArgs) -> anyhow::Result<RevokeRequest> {
+    local_revoke_request(args).or_usage()
+}
+
+/// [`revoke_request`], before its errors are marked as the caller's.
+fn local_revoke_request(args: &RevokeArgs) -> anyhow::Result<RevokeRequest> {
     let (serial, fingerprint) = match (&args.serial, &args.cert) {
         (Some(serial), _) => (serial.clone(), String::new()),
         (None, Some(path)) => {

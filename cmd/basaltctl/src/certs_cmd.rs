@@ -31,6 +31,7 @@ use crate::connect::{connect, runtime};
 use crate::duration;
 use crate::node_cmd::{NodeArgs, Replies, replies};
 use crate::output::{self, Render};
+use crate::usage::OrUsage as _;
 
 /// `certs`.
 #[derive(Debug, Args)]
@@ -151,6 +152,11 @@ fn rfc3339(time: OffsetDateTime) -> String {
 
 /// The client certificate of the selected context.
 fn client_certificate(globals: &Globals) -> anyhow::Result<CertView> {
+    local_client_certificate(globals).or_usage()
+}
+
+/// [`client_certificate`], before its errors are marked as the caller's.
+fn local_client_certificate(globals: &Globals) -> anyhow::Result<CertView> {
     let config = ClientConfig::load(&globals.config_path)
         .with_context(|| format!("load client config {}", globals.config_path.display()))?;
     let (name, context) = select_context(&config, globals.context.as_deref())?;

@@ -28,6 +28,7 @@ use crate::duration;
 use crate::node_cmd::{NodeArgs, or_dash, show};
 use crate::output::{self, NodeTable, OutputFormat, replies};
 use crate::rollout::{self, RolloutArgs};
+use crate::usage::OrUsage as _;
 use basalt_client::Client;
 
 /// The largest reply the config service sends back (a config with its history fits easily).
@@ -114,7 +115,8 @@ pub(crate) fn run(cmd: ConfigApplyCommand, globals: &Globals) -> anyhow::Result<
     match cmd {
         ConfigApplyCommand::ApplyConfig(args) => {
             let data = std::fs::read(&args.file)
-                .with_context(|| format!("read {}", args.file.display()))?;
+                .with_context(|| format!("read {}", args.file.display()))
+                .or_usage()?;
             let requested = args.mode.to_proto();
             let request = ApplyConfigurationRequest {
                 data,

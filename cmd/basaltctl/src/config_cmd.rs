@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::output::{self, OutputArgs, Render};
+use crate::usage::OrUsage as _;
 use crate::{Globals, duration};
 
 /// Warn when the client certificate expires within this many days: an expired client cert
@@ -91,6 +92,7 @@ pub(crate) fn run(cmd: ConfigCommand, globals: &Globals) -> anyhow::Result<()> {
 fn load(globals: &Globals) -> anyhow::Result<ClientConfig> {
     ClientConfig::load(&globals.config_path)
         .with_context(|| format!("load client config {}", globals.config_path.display()))
+        .or_usage()
 }
 
 fn save(config: &ClientConfig, globals: &Globals) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ use clap::Args;
 use crate::Globals;
 use crate::config_cmd::select_context;
 use crate::connect::{TargetArgs, connect, runtime};
+use crate::usage::OrUsage as _;
 
 #[derive(Debug, Args)]
 pub(crate) struct NewArgs {
@@ -73,7 +74,8 @@ pub(crate) fn run(args: NewArgs, globals: &Globals) -> anyhow::Result<()> {
 
     // The endpoints the new context gets: the same the caller reached the node through.
     let current = ClientConfig::load(&globals.config_path)
-        .with_context(|| format!("load client config {}", globals.config_path.display()))?;
+        .with_context(|| format!("load client config {}", globals.config_path.display()))
+        .or_usage()?;
     let (_, context) = select_context(&current, globals.context.as_deref())?;
     let endpoints = if args.target.endpoints.is_empty() {
         context.endpoints.clone()

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::Globals;
 use crate::config_cmd::select_context;
+use crate::usage::OrUsage as _;
 
 /// Deadline of each call made by the node commands.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -82,6 +83,11 @@ pub(crate) async fn connect(globals: &Globals, args: &TargetArgs) -> anyhow::Res
 /// The selected context with the flags applied, not connected yet (e.g. to confirm a
 /// destructive verb on its nodes first).
 pub(crate) fn target(globals: &Globals, args: &TargetArgs) -> anyhow::Result<Target> {
+    local_target(globals, args).or_usage()
+}
+
+/// [`target`], before its errors are marked as the caller's: everything here is local input.
+fn local_target(globals: &Globals, args: &TargetArgs) -> anyhow::Result<Target> {
     let config = ClientConfig::load(&globals.config_path)
         .with_context(|| format!("load client config {}", globals.config_path.display()))?;
     let (name, context) = select_context(&config, globals.context.as_deref())?;

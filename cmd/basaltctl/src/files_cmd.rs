@@ -34,6 +34,7 @@ use crate::Globals;
 use crate::connect::{TargetArgs, connect, connect_with_timeout, runtime};
 use crate::node_cmd::NodeArgs;
 use crate::output::{self, ErrorView, Render};
+use crate::usage::UsageError;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum FilesCommand {
@@ -803,11 +804,11 @@ fn one_node<M>(
 ) -> anyhow::Result<(String, tonic::Request<M>)> {
     let nodes = client.nodes();
     if nodes.len() > 1 {
-        bail!(
+        return Err(UsageError::msg(format!(
             "{command} works on one node at a time; got {} (-n {})",
             nodes.len(),
             nodes.join(",")
-        );
+        )));
     }
     let node = nodes.first().map(String::as_str);
     let request = targeted_request(node, message)?;

@@ -17,6 +17,7 @@ use basalt_config::{
 use basalt_pki::{CaOptions, CertificateAuthority, ClientCertRequest, KeyAlgorithm, PrivateKey};
 use clap::{Args, Subcommand};
 
+use crate::usage::OrUsage as _;
 use crate::{Globals, duration};
 
 /// Default client certificate lifetime: one year, as Talos.
@@ -264,6 +265,7 @@ pub(crate) fn new_bundle(os_algorithm: KeyAlgorithm) -> anyhow::Result<SecretsBu
 fn load_bundle(path: &Path, identity: Option<&Path>) -> anyhow::Result<SecretsBundle> {
     secrets_age::load_bundle(path, identity)
         .with_context(|| format!("load secrets bundle {}", path.display()))
+        .or_usage()
 }
 
 /// Issues a client certificate from the bundle's OS CA and wraps it in a one-context config.

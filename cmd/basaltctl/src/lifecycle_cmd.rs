@@ -42,7 +42,8 @@ use tonic::{Code, Status, Streaming};
 use crate::Globals;
 use crate::connect::{TargetArgs, connect_with_timeout, runtime};
 use crate::output::{self, OutputArgs, OutputFormat};
-use crate::rollout::{self, RolloutArgs, UsageRefusal};
+use crate::rollout::{self, RolloutArgs};
+use crate::usage::UsageError;
 
 /// Where Linux (and basalt in container mode) publishes the boot id.
 pub(crate) const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -297,11 +298,9 @@ async fn act(
     action: Action,
 ) -> anyhow::Result<()> {
     if rollout_args.batch.is_some() && !wait.wait {
-        return Err(UsageRefusal(
-            "--batch waits for each batch to come back and cannot be combined with --wait=false"
-                .to_owned(),
-        )
-        .into());
+        return Err(UsageError::msg(
+            "--batch waits for each batch to come back and cannot be combined with --wait=false",
+        ));
     }
     rollout::confirm_targets(globals, target, action.name(), rollout_args)?;
     // No per-call deadline: the event streams last as long as the action; `--timeout` bounds

@@ -22,13 +22,15 @@ mod rollout;
 mod rotate_ca;
 mod rotate_token;
 mod services_cmd;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for bad flags or a bad input file (BSD EX_USAGE).
+/// Exit code for a bad local input or flags that cannot work together (BSD EX_USAGE); see
+/// `usage`.
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -134,8 +136,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            // Refused because of how it was called (e.g. several nodes without --yes).
-            if err.downcast_ref::<rollout::UsageRefusal>().is_some() {
+            // Refused because of how it was called (a bad input file, several nodes without
+            // --yes).
+            if usage::is_usage_error(&err) {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::FAILURE

@@ -26,6 +26,7 @@ use crate::Globals;
 use crate::connect::{self, TargetArgs};
 use crate::lifecycle_cmd::BOOT_ID_PATH;
 use crate::output::{self, ErrorView, NodeReply, Replies, failed};
+use crate::usage::UsageError;
 
 /// Pause between `Version` polls while a batch comes back.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -52,18 +53,6 @@ fn parse_batch(text: &str) -> Result<usize, String> {
         _ => Err("expected a number of nodes, at least 1".to_owned()),
     }
 }
-
-/// A refusal caused by how the command was called: `main` exits with 64 (EX_USAGE) for it.
-#[derive(Debug)]
-pub(crate) struct UsageRefusal(pub(crate) String);
-
-impl std::fmt::Display for UsageRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageRefusal {}
 
 /// What to do before a destructive verb.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,7 +85,7 @@ fn is_yes(answer: &str) -> bool {
 }
 
 /// Asks for confirmation of `verb` on the nodes `args` target when there are several, before
-/// anything is dialed; errors with [`UsageRefusal`] when it is refused or cannot be asked.
+/// anything is dialed; errors with a [`UsageError`] when it is refused or cannot be asked.
 pub(crate) fn confirm_targets(
     globals: &Globals,
     args: &TargetArgs,
@@ -108,11 +97,11 @@ pub(crate) fn confirm_targets(
 }
 
 /// Asks for confirmation of `verb` on `nodes` when there are several; errors with
-/// [`UsageRefusal`] when it is refused or cannot be asked.
+/// [`UsageError`] when it is refused or cannot be asked.
 fn confirm(verb: &str, nodes: &[String], yes: bool) -> anyhow::Result<()> {
     match consent(verb, nodes, yes, std::io::stdin().is_terminal()) {
         Consent::Proceed => Ok(()),
-        Consent::Refuse(text) => Err(UsageRefusal(text).into()),
+        Consent::Refuse(text) => Err(UsageError::msg(text)),
         Consent::Ask(prompt) => {
             let mut err = std::io::stderr().lock();
             // The prompt is best effort: the answer decides, and no answer means no.
@@ -124,7 +113,9 @@ fn confirm(verb: &str, nodes: &[String], yes: bool) -> anyhow::Result<()> {
             if matches!(read, Ok(n) if n > 0) && is_yes(&answer) {
                 Ok(())
             } else {
-                Err(UsageRefusal(format!("{verb} not confirmed; nothing was done")).into())
+                Err(UsageError::msg(format!(
+                    "{verb} not confirmed; nothing was done"
+                )))
             }
         }
     }

@@ -55,6 +55,7 @@ use crate::Globals;
 use crate::config_cmd::select_context;
 use crate::connect::{TargetArgs, runtime};
 use crate::duration;
+use crate::usage::OrUsage as _;
 
 /// Deadline of each call.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,7 +115,8 @@ pub(crate) fn run(args: RotateCaArgs, globals: &Globals) -> anyhow::Result<()> {
 
 async fn rotate(args: RotateCaArgs, globals: &Globals) -> anyhow::Result<()> {
     let mut client_config = ClientConfig::load(&globals.config_path)
-        .with_context(|| format!("load client config {}", globals.config_path.display()))?;
+        .with_context(|| format!("load client config {}", globals.config_path.display()))
+        .or_usage()?;
     let (context_name, context) = select_context(&client_config, globals.context.as_deref())?;
     let (context_name, context) = (context_name.to_owned(), context.clone());
     let old_credentials =
@@ -123,12 +125,14 @@ async fn rotate(args: RotateCaArgs, globals: &Globals) -> anyhow::Result<()> {
     let nodes = Nodes::from_context(&context, &args.target)?;
     if let Some(path) = &args.with_secrets {
         // Found unreadable now rather than after the nodes changed.
-        secrets_age::load_bundle_to_rewrite(path, args.identity.as_deref()).with_context(|| {
-            format!(
-                "load secrets bundle {}; nothing was changed",
-                path.display()
-            )
-        })?;
+        secrets_age::load_bundle_to_rewrite(path, args.identity.as_deref())
+            .with_context(|| {
+                format!(
+                    "load secrets bundle {}; nothing was changed",
+                    path.display()
+                )
+            })
+            .or_usage()?;
     }
 
     // Preflight: nothing below changes anything until every node has answered.

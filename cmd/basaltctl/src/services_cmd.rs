@@ -25,7 +25,8 @@ use crate::node_cmd::{NodeArgs, or_dash, show};
 use crate::output::{
     self, ErrorView, LinePrefixer, NodeReply, NodeTable, OutputFormat, Render, Replies, replies,
 };
-use crate::rollout::{self, RolloutArgs, UsageRefusal};
+use crate::rollout::{self, RolloutArgs};
+use crate::usage::UsageError;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ServicesCommand {
@@ -120,10 +121,9 @@ pub(crate) fn run(cmd: ServicesCommand, globals: &Globals) -> anyhow::Result<()>
 async fn service(globals: &Globals, args: ServiceArgs) -> anyhow::Result<()> {
     let change = match args.action {
         ServiceAction::Status if args.rollout.batch.is_some() => {
-            return Err(UsageRefusal(
-                "--batch applies to start, stop and restart, not to status".to_owned(),
-            )
-            .into());
+            return Err(UsageError::msg(
+                "--batch applies to start, stop and restart, not to status",
+            ));
         }
         ServiceAction::Status => None,
         ServiceAction::Start => Some(ServiceChange::Start),

@@ -414,3 +414,59 @@ fn bad_endpoints_and_empty_nodes_are_usage_errors_and_never_saved() {
         "the config is unchanged"
     );
 }
+
+/// A bad input (the client config, a file named by a flag) exits 64, so a script can tell it
+/// from a node or the network failing, which exits 1 (all of these exited 1 before
+/// 2026-12-08).
+#[test]
+fn bad_local_input_exits_64_and_an_unreachable_node_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["gen", "config", "dev", "127.0.0.1", "-o", "out"],
+    );
+    std::fs::write(dir.path().join("bad.yaml"), "contexts: [").unwrap();
+    let config = "out/basaltconfig";
+    for args in [
+        &["--config", "missing.yaml", "version"][..],
+        &["--config", "bad.yaml", "version"],
+        &["--config", "missing.yaml", "config", "info"],
+        &["--config", "missing.yaml", "certs"],
+        &["--config", config, "apply-config", "-f", "missing.yaml"],
+        &[
+            "--config",
+            config,
+            "cert",
+            "revoke",
+            "--cert",
+            "missing.pem",
+            "--reason",
+            "x",
+        ],
+        &[
+            "gen",
+            "client-config",
+            "--with-secrets",
+            "missing.yaml",
+            "--roles",
+            "os:reader",
+            "-o",
+            "x",
+        ],
+    ] {
+        let out = basaltctl(dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+    let out = basaltctl(
+        dir.path(),
+        &["--config", config, "version", "-e", "127.0.0.1:1"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
