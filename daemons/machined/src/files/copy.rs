@@ -58,7 +58,7 @@ pub(crate) fn stream(policy: &FilesPolicy, root: &Path, sink: &Sink<common::Data
         if entry.depth == 0 && root_is_dir {
             return ControlFlow::Continue(());
         }
-        match append(&mut tar, entry) {
+        match append(&mut tar, entry, policy) {
             Ok(None) => ControlFlow::Continue(()),
             Ok(Some(reason)) => {
                 skipped.note(&entry.path, &reason);
@@ -119,7 +119,11 @@ fn finish(tar: Builder<GzEncoder<ChunkWriter<'_>>>) -> io::Result<()> {
 
 /// Appends one entry. `Ok(Some(reason))`: skipped, nothing written; `Err`: the archive's
 /// writer failed (client gone, or compression failed) and the archive cannot continue.
-fn append<W: Write>(tar: &mut Builder<W>, entry: &Entry) -> io::Result<Option<String>> {
+fn append<W: Write>(
+    tar: &mut Builder<W>,
+    entry: &Entry,
+    policy: &FilesPolicy,
+) -> io::Result<Option<String>> {
     if let Some(rule) = &entry.denied {
         return Ok(Some(format!("denied: {}", rule.reason())));
     }
@@ -143,7 +147,7 @@ fn append<W: Write>(tar: &mut Builder<W>, entry: &Entry) -> io::Result<Option<St
         header.set_size(0);
         tar.append_link(&mut header, &entry.relative, target)?;
     } else if kind.is_file() {
-        return append_file(tar, entry, &mut header);
+        return append_file(tar, entry, &mut header, policy);
     } else {
         return Ok(Some("not a regular file, directory or symlink".to_owned()));
     }
@@ -154,6 +158,7 @@ fn append_file<W: Write>(
     tar: &mut Builder<W>,
     entry: &Entry,
     header: &mut Header,
+    policy: &FilesPolicy,
 ) -> io::Result<Option<String>> {
     // Non-blocking: a regular file that was swapped for a FIFO since the lstat cannot hang us.
     let mut file = match basalt_sys::open_nonblocking(&entry.path) {
@@ -163,6 +168,18 @@ fn append_file<W: Write>(
         }
         Err(err) => return Ok(Some(format!("open: {err}"))),
     };
+    // The open follows symlinks in the path's directories: one swapped in since the walk
+    // listed them could lead anywhere. What the descriptor refers to passes the policy, as
+    // Read checks it, or the file is left out.
+    let fd_link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    match std::fs::read_link(&fd_link) {
+        Ok(opened) => {
+            if let Err(refused) = policy.check_resolved(&entry.path.to_string_lossy(), &opened) {
+                return Ok(Some(format!("not archived: {refused}")));
+            }
+        }
+        Err(err) => return Ok(Some(format!("readlink {fd_link}: {}", io_text(&err)))),
+    }
     let meta: Metadata = match file.metadata() {
         Ok(meta) if meta.is_file() => meta,
         Ok(_) => return Ok(Some("not a regular file any more".to_owned())),
@@ -329,6 +346,46 @@ impl Skipped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory swapped for a symlink after the walk listed it (here: the entry is made as
+    /// the walk made it, then the swap): the file it leads to is checked again and left out.
+    #[test]
+    fn a_file_reached_through_a_symlink_swapped_in_after_the_listing_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = std::fs::canonicalize(dir.path()).expect("canonical");
+        let (allowed, state) = (base.join("allowed"), base.join("allowed/state"));
+        std::fs::create_dir_all(allowed.join("logs")).expect("mkdir");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        std::fs::write(allowed.join("logs/app.log"), "log line").expect("write");
+        std::fs::write(state.join("app.log"), "secret key").expect("write");
+        let policy = FilesPolicy::new(
+            [allowed.clone()],
+            [super::super::policy::DenyRule::new(state.clone(), "test state").expect("rule")],
+        )
+        .expect("policy");
+        let listed = Entry::new(
+            allowed.join("logs/app.log"),
+            "logs/app.log".into(),
+            1,
+            &policy,
+        );
+        let mut tar = Builder::new(Vec::new());
+        assert_eq!(append(&mut tar, &listed, &policy).expect("append"), None);
+
+        std::fs::remove_dir_all(allowed.join("logs")).expect("rm");
+        std::os::unix::fs::symlink(&state, allowed.join("logs")).expect("swap");
+        let mut tar = Builder::new(Vec::new());
+        let reason = append(&mut tar, &listed, &policy)
+            .expect("append")
+            .expect("left out");
+        assert!(reason.starts_with("not archived:"), "{reason}");
+        assert!(reason.contains("test state"), "{reason}");
+        let bytes = tar.into_inner().expect("tar");
+        assert!(
+            !bytes.windows(10).any(|w| w == b"secret key"),
+            "nothing of the denied file is archived"
+        );
+    }
 
     #[test]
     fn exact_size_cuts_growth_and_pads_shrinkage() {

@@ -38,9 +38,10 @@
 //!
 //! The canonicalize-then-open sequence can race with someone swapping a path component for a
 //! symlink in between. Read closes that gap by checking what the opened descriptor actually
-//! refers to (`/proc/self/fd/N`) against the policy again before sending a byte; walks never
-//! follow symlinks at all. Someone who can already rename files on the node could still win
-//! a race inside a walked tree for a directory's *listing*, which is accepted.
+//! refers to (`/proc/self/fd/N`) against the policy again before sending a byte, and Copy does
+//! the same for every file it archives; walks never follow symlinks at all. Someone who can
+//! already rename files on the node could still win a race inside a walked tree for a
+//! directory's *listing* (names and sizes), which is accepted.
 
 use std::fmt;
 use std::io;

@@ -39,7 +39,12 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    fn new(path: PathBuf, relative: PathBuf, depth: usize, policy: &FilesPolicy) -> Self {
+    pub(super) fn new(
+        path: PathBuf,
+        relative: PathBuf,
+        depth: usize,
+        policy: &FilesPolicy,
+    ) -> Self {
         let metadata = fs::symlink_metadata(&path);
         let link = match &metadata {
             Ok(meta) if meta.file_type().is_symlink() => Some(fs::read_link(&path)),
