@@ -365,6 +365,24 @@ impl From<Error> for Status {
 
 /// Logs `err` with its whole chain at error level and returns a generic `Internal` status: file
 /// paths and OS errors stay in machined's log.
+/// Whether the filesystem ran out of space (or quota) somewhere under `err`: something the
+/// operator can fix, unlike the other failures of a write.
+pub(crate) fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
 pub(crate) fn internal(err: &(dyn std::error::Error + 'static)) -> Status {
     tracing::error!(error = err, "Request failed");
     Status::internal("internal error in machined; see its log")

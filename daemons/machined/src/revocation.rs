@@ -85,6 +85,17 @@ impl From<RevocationError> for tonic::Status {
                 tonic::Status::failed_precondition(err.to_string())
             }
             RevocationError::Full => tonic::Status::resource_exhausted(err.to_string()),
+            // A full disk is the operator's to fix; the path stays in the log.
+            RevocationError::Write(ref source) if crate::error::is_out_of_space(source) => {
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "Revocation list is out of space"
+                );
+                tonic::Status::resource_exhausted(
+                    "no space left in machined's state directory: the revocation was not \
+                     recorded; free some space and revoke again",
+                )
+            }
             RevocationError::Read { .. }
             | RevocationError::Encode(_)
             | RevocationError::Write(_) => crate::error::internal(&err),
@@ -302,10 +313,22 @@ impl RevocationStore {
         };
         let mut entries = inner.entries.clone();
         entries.push(entry.clone());
-        // Persist first; memory changes only once the store is on disk.
+        // Persist first; memory changes only once the store and apid's copy are on disk.
         write_list(&inner.path, &entries)?;
-        if let Some(apid_file) = &inner.apid_file {
-            write_list(apid_file, &entries)?;
+        if let Some(apid_file) = &inner.apid_file
+            && let Err(err) = write_list(apid_file, &entries)
+        {
+            // Not enforced, so not recorded: the store goes back to what apid enforces, and
+            // the caller may simply revoke again. (Should that fail too, the next start of
+            // machined writes the stored list to apid.)
+            if let Err(undo) = write_list(&inner.path, &inner.entries) {
+                tracing::error!(
+                    error = &undo as &dyn std::error::Error,
+                    "Could not take back a revocation apid does not enforce yet; it takes \
+                     effect when machined next starts"
+                );
+            }
+            return Err(err);
         }
         inner.entries = entries;
         Ok((entry, false))
@@ -433,7 +456,58 @@ mod tests {
             tonic::Status::from(err).code(),
             tonic::Code::InvalidArgument
         );
+        let long = "x".repeat(MAX_REASON_BYTES + 1);
+        let err = store
+            .revoke(
+                &Target::Serial("2".to_owned()),
+                &long,
+                Caller::machined(),
+                &[],
+            )
+            .expect_err("long reason");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "the reason is longer than 1024 bytes");
         assert!(store.list().is_empty());
+    }
+
+    /// A revocation apid's copy does not get is not recorded at all: the store is put back,
+    /// so what machined lists is what apid enforces, and revoking again works.
+    #[test]
+    fn a_revocation_whose_apid_copy_fails_is_taken_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let apid_file = dir.path().join("apid-revoked.json");
+        let store = RevocationStore::open(dir.path(), Some(apid_file.clone())).expect("open");
+        // A directory in the way: the copy's rename fails.
+        std::fs::remove_file(&apid_file).expect("rm");
+        std::fs::create_dir(&apid_file).expect("mkdir");
+        let target = Target::Serial("1f".to_owned());
+        let err = store
+            .revoke(&target, "lost laptop", Caller::machined(), &[])
+            .expect_err("apid's copy cannot be written");
+        assert!(matches!(err, RevocationError::Write(_)), "{err:?}");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Internal);
+        assert!(store.list().is_empty(), "not in memory");
+        let reopened = RevocationStore::open(dir.path(), None).expect("reopen");
+        assert!(reopened.list().is_empty(), "not on disk either");
+
+        std::fs::remove_dir(&apid_file).expect("rmdir");
+        store
+            .revoke(&target, "lost laptop", Caller::machined(), &[])
+            .expect("revoke again");
+        assert_eq!(store.list().len(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        let full = basalt_config::Error::Write {
+            path: "/state/revocation.json".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let status = tonic::Status::from(RevocationError::Write(full));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("no space left"), "{status:?}");
+        assert!(!status.message().contains("/state"), "{status:?}");
     }
 
     #[test]

@@ -282,19 +282,7 @@ impl Error {
     /// Whether the filesystem ran out of space (or quota) under it: something the operator can
     /// fix, unlike the other failures here.
     pub(crate) fn is_out_of_space(&self) -> bool {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(err) = cause {
-            if let Some(io) = err.downcast_ref::<std::io::Error>()
-                && matches!(
-                    io.kind(),
-                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                )
-            {
-                return true;
-            }
-            cause = err.source();
-        }
-        false
+        crate::error::is_out_of_space(self)
     }
 }
 
