@@ -40,8 +40,9 @@ const EXIT_USAGE: u8 = 64;
     about = "Manage basalt nodes through their gRPC API"
 )]
 struct Cli {
-    /// Client config file (talosconfig layout).
-    #[arg(long, global = true, env = "BASALTCONFIG", value_name = "FILE")]
+    /// Client config file (talosconfig layout) [default: $BASALTCONFIG, else
+    /// ~/.basalt/config].
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
     /// Context to use instead of the client config's current one.
@@ -98,15 +99,20 @@ struct Globals {
     /// Whether `config_path` is the default one (so hints can leave out `--config`).
     config_is_default: bool,
     context: Option<String>,
-    /// `$HOME`, read once here (nothing else reads the environment).
+    /// `$HOME`, read once here (nothing else reads the environment; empty counts as unset).
     home: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let config_is_default = cli.config.is_none();
-    let globals = match client_config_path(cli.config, home.as_deref()) {
+    // Set but empty is unset, as a shell's `VAR=` means.
+    let env = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    let home = env("HOME").map(PathBuf::from);
+    let config = cli
+        .config
+        .or_else(|| env("BASALTCONFIG").map(PathBuf::from));
+    let config_is_default = config.is_none();
+    let globals = match client_config_path(config, home.as_deref()) {
         Ok(config_path) => Globals {
             config_path,
             config_is_default,
@@ -147,7 +153,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--config`, else `$BASALTCONFIG` (clap reads it), else `~/.basalt/config`.
+/// `--config`, else `$BASALTCONFIG`, else `~/.basalt/config`.
 fn client_config_path(flag: Option<PathBuf>, home: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
         return Ok(path);

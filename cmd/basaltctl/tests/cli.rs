@@ -470,3 +470,56 @@ fn bad_local_input_exits_64_and_an_unreachable_node_exits_1() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `BASALTCONFIG=` (set but empty) means "not set", as it does for a shell: the default path is
+/// used (it was a clap error about `--config`, which the user had not passed). An empty HOME
+/// without a config is said to be missing.
+#[test]
+fn an_empty_basaltconfig_or_home_counts_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["gen", "config", "dev", "127.0.0.1", "-o", "out"],
+    );
+    ok(dir.path(), &["config", "merge", "out/basaltconfig"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .current_dir(dir.path())
+        .env("BASALTCONFIG", "")
+        .env("HOME", dir.path())
+        .args(["config", "info"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("os:admin"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .current_dir(dir.path())
+        .env_remove("BASALTCONFIG")
+        .env("HOME", "")
+        .args(["config", "info"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // A BASALTCONFIG that is set needs no HOME.
+    let out = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .current_dir(dir.path())
+        .env("BASALTCONFIG", "out/basaltconfig")
+        .env("HOME", "")
+        .args(["config", "info"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stderr.contains("HOME is not set; pass --config FILE"),
+        "{stderr}"
+    );
+}
