@@ -295,4 +295,28 @@ mod tests {
         assert!(limiter.lock().contains_key("busy"));
         drop(busy);
     }
+
+    #[test]
+    fn a_new_identity_is_refused_while_every_tracked_one_has_a_call_open() {
+        let limiter = limiter(1000, 1000, 10);
+        let now = Instant::now();
+        let open: Vec<CallPermit> = (0..MAX_TRACKED_IDENTITIES)
+            .map(|i| {
+                limiter
+                    .admit_at(&format!("client-{i}"), now)
+                    .expect("admitted")
+            })
+            .collect();
+        let refused = limiter.admit_at("newcomer", now).expect_err("table full");
+        assert_eq!(
+            refused,
+            LimitExceeded::Identities {
+                limit: MAX_TRACKED_IDENTITIES
+            }
+        );
+        // A tracked identity is still served, and once calls end the newcomer is too.
+        drop(limiter.admit_at("client-0", now).expect("tracked"));
+        drop(open);
+        drop(limiter.admit_at("newcomer", now).expect("room again"));
+    }
 }

@@ -8,7 +8,7 @@
 
 mod support;
 
-use basalt_api::machine::ReadRequest;
+use basalt_api::machine::{ApplyConfigurationRequest, ReadRequest};
 use support::{Apid, Pki, seen_caller, seen_proxyfrom, seen_roles, with_metadata, within_deadline};
 use tonic::Code;
 
@@ -197,6 +197,44 @@ async fn fanned_out_replies_together_stay_within_one_message() {
             error.contains("the replies of the nodes together exceed the limit"),
             "{error}"
         );
+        backend.stop().await;
+        apid.stop().await;
+    })
+    .await;
+}
+
+/// A fan-out reads the request whole (it goes to every node): a request over the message limit
+/// is refused with ResourceExhausted before any node is called, and the next call is served.
+#[tokio::test]
+async fn a_fanned_out_request_over_the_limit_is_refused_before_any_node_is_called() {
+    within_deadline(async {
+        let pki = Pki::new();
+        let apid = Apid::start(&pki).await;
+        let backend = apid.backend().await;
+        let mut client = apid
+            .machine(&pki, &pki.client(&["os:admin"]))
+            .max_encoding_message_size(support::CLIENT_MESSAGE_LIMIT);
+        let status = client
+            .apply_configuration(with_metadata(
+                ApplyConfigurationRequest {
+                    data: vec![b'#'; 33 * 1024 * 1024],
+                    ..ApplyConfigurationRequest::default()
+                },
+                &[("nodes", "127.0.0.1")],
+            ))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("exceeds the limit of 33554432 bytes"),
+            "{status:?}"
+        );
+        client
+            .version(with_metadata((), &[("nodes", "127.0.0.1")]))
+            .await
+            .expect("the next fan-out is served");
         backend.stop().await;
         apid.stop().await;
     })
