@@ -28,7 +28,7 @@ use crate::duration;
 use crate::node_cmd::{NodeArgs, or_dash, show};
 use crate::output::{self, NodeTable, OutputFormat, replies};
 use crate::rollout::{self, RolloutArgs};
-use crate::usage::OrUsage as _;
+use crate::usage::{OrUsage as _, UsageError};
 use basalt_client::Client;
 
 /// The largest reply the config service sends back (a config with its history fits easily).
@@ -47,6 +47,9 @@ pub(crate) enum ConfigApplyCommand {
     ConfigConfirm(NodeArgs),
 }
 
+/// How long a `--mode try` config stays before it is reverted, unless `--timeout` says.
+const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Args)]
 pub(crate) struct ApplyArgs {
     /// The machine config to apply (YAML).
@@ -57,9 +60,9 @@ pub(crate) struct ApplyArgs {
     /// after --timeout unless confirmed.
     #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
     mode: ApplyMode,
-    /// With --mode try: revert after this long unless confirmed (e.g. 90s, 5m).
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "1m")]
-    timeout: Duration,
+    /// With --mode try: revert after this long unless confirmed (e.g. 90s, 5m) [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Option<Duration>,
     /// Show what would change (mode and a diff) without applying.
     #[arg(long)]
     dry_run: bool,
@@ -114,6 +117,11 @@ pub(crate) fn run(cmd: ConfigApplyCommand, globals: &Globals) -> anyhow::Result<
     let rt = runtime()?;
     match cmd {
         ConfigApplyCommand::ApplyConfig(args) => {
+            if args.timeout.is_some() && args.mode != ApplyMode::Try {
+                return Err(UsageError::msg(
+                    "--timeout is the trial of --mode try, and means nothing with another mode",
+                ));
+            }
             let data = std::fs::read(&args.file)
                 .with_context(|| format!("read {}", args.file.display()))
                 .or_usage()?;
@@ -123,7 +131,7 @@ pub(crate) fn run(cmd: ConfigApplyCommand, globals: &Globals) -> anyhow::Result<
                 mode: requested as i32,
                 dry_run: args.dry_run,
                 try_mode_timeout: (args.mode == ApplyMode::Try)
-                    .then(|| prost_duration(args.timeout)),
+                    .then(|| prost_duration(args.timeout.unwrap_or(DEFAULT_TRY_TIMEOUT))),
             };
             let view = move |message| ApplyView::new(requested, message);
             let apply = |client: Client, request: ApplyConfigurationRequest| async move {

@@ -193,6 +193,26 @@ fn flags_that_cannot_work_together_are_usage_errors() {
     assert_eq!(out.status.code(), Some(EXIT_USAGE), "{}", stderr(&out));
     assert!(stderr(&out).contains("not to status"), "{}", stderr(&out));
 
+    // A try timeout without try mode (it was silently ignored before 2026-12-08).
+    let args = [
+        "--config",
+        config,
+        "apply-config",
+        "-f",
+        "missing.yaml",
+        "--mode",
+        "auto",
+        "--timeout",
+        "5m",
+    ];
+    let out = run(dir.path(), &args, None);
+    assert_eq!(out.status.code(), Some(EXIT_USAGE), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--timeout is the trial of --mode try"),
+        "{}",
+        stderr(&out)
+    );
+
     // clap's own usage errors (exit 2): a batch or a parallelism of zero.
     for bad in [["--batch", "0"], ["--parallel", "0"]] {
         let mut args = vec!["--config", config, "reboot"];
