@@ -10,13 +10,22 @@ use std::process::{Command, Output};
 use base64::Engine as _;
 
 fn basaltctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_basaltctl"))
-        .current_dir(dir)
-        .env_remove("BASALTCONFIG")
-        .env("HOME", dir)
-        .args(args)
-        .output()
-        .expect("run basaltctl")
+    basaltctl_with_env(dir, &[("HOME", dir.to_str().unwrap())], args)
+}
+
+/// [`basaltctl`] with `env` set (and nothing else from the test's own BASALTCONFIG).
+fn basaltctl_with_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_basaltctl"));
+    command.current_dir(dir).env_remove("BASALTCONFIG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.args(args).output().expect("run basaltctl")
+}
+
+/// `gen config dev 127.0.0.1 -o out`: node configs and an admin client config in `out/`.
+fn gen_cluster_config(dir: &Path) {
+    ok(dir, &["gen", "config", "dev", "127.0.0.1", "-o", "out"]);
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -387,10 +396,7 @@ fn a_duration_beyond_100_years_is_a_usage_error_before_anything_runs() {
 #[test]
 fn bad_endpoints_and_empty_nodes_are_usage_errors_and_never_saved() {
     let dir = tempfile::tempdir().unwrap();
-    ok(
-        dir.path(),
-        &["gen", "config", "dev", "127.0.0.1", "-o", "out"],
-    );
+    gen_cluster_config(dir.path());
     let config = dir.path().join("out/basaltconfig");
     let before = std::fs::read(&config).unwrap();
     for (args, says) in [
@@ -421,10 +427,7 @@ fn bad_endpoints_and_empty_nodes_are_usage_errors_and_never_saved() {
 #[test]
 fn bad_local_input_exits_64_and_an_unreachable_node_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    ok(
-        dir.path(),
-        &["gen", "config", "dev", "127.0.0.1", "-o", "out"],
-    );
+    gen_cluster_config(dir.path());
     std::fs::write(dir.path().join("bad.yaml"), "contexts: [").unwrap();
     let config = "out/basaltconfig";
     for args in [
@@ -477,18 +480,14 @@ fn bad_local_input_exits_64_and_an_unreachable_node_exits_1() {
 #[test]
 fn an_empty_basaltconfig_or_home_counts_as_unset() {
     let dir = tempfile::tempdir().unwrap();
-    ok(
-        dir.path(),
-        &["gen", "config", "dev", "127.0.0.1", "-o", "out"],
-    );
+    gen_cluster_config(dir.path());
     ok(dir.path(), &["config", "merge", "out/basaltconfig"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
-        .current_dir(dir.path())
-        .env("BASALTCONFIG", "")
-        .env("HOME", dir.path())
-        .args(["config", "info"])
-        .output()
-        .unwrap();
+    let home = dir.path().to_str().unwrap();
+    let out = basaltctl_with_env(
+        dir.path(),
+        &[("BASALTCONFIG", ""), ("HOME", home)],
+        &["config", "info"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -496,30 +495,22 @@ fn an_empty_basaltconfig_or_home_counts_as_unset() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("os:admin"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
-        .current_dir(dir.path())
-        .env_remove("BASALTCONFIG")
-        .env("HOME", "")
-        .args(["config", "info"])
-        .output()
-        .unwrap();
+    let out = basaltctl_with_env(dir.path(), &[("HOME", "")], &["config", "info"]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("HOME is not set; pass --config FILE"),
+        "{stderr}"
+    );
     // A BASALTCONFIG that is set needs no HOME.
-    let out = Command::new(env!("CARGO_BIN_EXE_basaltctl"))
-        .current_dir(dir.path())
-        .env("BASALTCONFIG", "out/basaltconfig")
-        .env("HOME", "")
-        .args(["config", "info"])
-        .output()
-        .unwrap();
+    let out = basaltctl_with_env(
+        dir.path(),
+        &[("BASALTCONFIG", "out/basaltconfig"), ("HOME", "")],
+        &["config", "info"],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stderr.contains("HOME is not set; pass --config FILE"),
-        "{stderr}"
     );
 }
