@@ -43,7 +43,12 @@ impl Stack {
 
 /// The service [`Stack`] builds around the router.
 pub(crate) type Stacked<S> = RequestLog<
-    CatchPanic<Guard<PeerCheck, Guard<Roles, Guard<Authorize, Guard<NotImplemented, S>>>>>,
+    CatchPanic<
+        Guard<
+            PeerCheck,
+            Guard<Roles, Guard<Authorize, Guard<NotImplemented, Guard<RequestLimit, S>>>>,
+        >,
+    >,
 >;
 
 impl<S> Layer<S> for Stack {
@@ -68,7 +73,12 @@ impl<S> Layer<S> for Stack {
                             Authorize,
                             // 6. Methods basalt does not serve yet answer Unimplemented before
                             //    their request is decoded.
-                            Guard::new(NotImplemented, router),
+                            Guard::new(
+                                NotImplemented,
+                                // 7. A request larger than its method takes is refused as it
+                                //    arrives, before tonic buffers and decodes it.
+                                Guard::new(RequestLimit, router),
+                            ),
                         ),
                     ),
                 ),
@@ -148,6 +158,81 @@ impl Check for NotImplemented {
             return Ok(());
         }
         Err(Status::unimplemented(not_implemented_message(path)))
+    }
+}
+
+/// Step 7: each request message is held to its method's limit ([`request_limit`]) as it
+/// arrives. tonic's own limit is per service, and 32 MiB must stay possible for a machine
+/// config; but prost decodes a 32 MiB `DiskUsageRequest` of one-byte paths into some 11
+/// million `String`s (about 600 MB), so every method that takes no bulk data gets far less.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestLimit;
+
+/// The most bytes one request message of `path` may hold.
+pub(crate) fn request_limit(path: &str) -> usize {
+    match path {
+        // A machine config, and the diagnostics that move payloads on purpose.
+        "/machine.MachineService/ApplyConfiguration"
+        | "/basalt.v1.DiagnosticsService/Echo"
+        | "/basalt.v1.DiagnosticsService/Collect" => crate::MAX_MESSAGE_SIZE,
+        // Paths, ids, options: DiskUsage's 256 paths of 4 KiB (PATH_MAX) fit.
+        _ => SMALL_REQUEST_LIMIT,
+    }
+}
+
+/// The request limit of every method that takes no bulk data.
+pub(crate) const SMALL_REQUEST_LIMIT: usize = 2 * 1024 * 1024;
+
+impl Check for RequestLimit {
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
+        let limit = request_limit(request.uri().path());
+        if limit < crate::MAX_MESSAGE_SIZE {
+            let method = request.uri().path().to_owned();
+            let body = std::mem::take(request.body_mut());
+            *request.body_mut() = Body::new(LimitedRequest {
+                inner: basalt_grpc::LimitedBody::new(body, limit),
+                method,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A request body held to its method's limit; the refusal is a `Status`, which tonic answers
+/// as it is.
+struct LimitedRequest {
+    inner: basalt_grpc::LimitedBody<Body>,
+    method: String,
+}
+
+impl http_body::Body for LimitedRequest {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map_err(|err| match err {
+                basalt_grpc::LimitedBodyError::Inner(status) => status,
+                basalt_grpc::LimitedBodyError::TooLarge(too_large) => {
+                    Status::resource_exhausted(format!(
+                        "request message of {} bytes exceeds the limit of {} bytes for {}",
+                        too_large.size, too_large.limit, this.method
+                    ))
+                }
+            })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

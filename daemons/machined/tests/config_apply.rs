@@ -1065,6 +1065,23 @@ fn walk(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Requests are held to their method's limit, but a machine config keeps the whole 32 MiB
+/// message (a config of some MiB, comments and all, is applied).
+#[tokio::test]
+async fn a_machine_config_of_several_mib_is_applied() {
+    within_deadline(async {
+        let dir = state_dir();
+        let node = Node::start(dir.path(), 20).await;
+        let big = padded_config("big", 3 * 1024 * 1024);
+        node.apply(&big, Mode::NoReboot, false, None)
+            .await
+            .expect("a 3 MiB config is applied");
+        assert_eq!(node.active_yaml().await, big);
+        node.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_tidying_failure_after_the_change_took_effect_does_not_fail_the_apply() {
     within_deadline(async {

@@ -679,6 +679,22 @@ async fn disk_usage_shares_one_walk_limit_across_its_paths_and_caps_their_number
             "{status:?}"
         );
 
+        // Far more paths than that, in a request over DiskUsage's 2 MiB: refused as it
+        // arrives, before it is decoded into millions of strings.
+        let status = fixture
+            .usage(DiskUsageRequest {
+                paths: vec!["/".to_owned(); 1_000_000],
+                ..DiskUsageRequest::default()
+            })
+            .await
+            .expect_err("a request over the method's limit");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "request message of 3000000 bytes exceeds the limit of 2097152 bytes for \
+             /machine.MachineService/DiskUsage"
+        );
+
         let status = fixture
             .usage(DiskUsageRequest {
                 paths: vec![dir; 257],
