@@ -210,3 +210,31 @@ async fn dmesg_prints_the_kernel_log_or_says_why_it_cannot() {
     })
     .await;
 }
+
+/// A request over its method's limit, through apid to the real machined: ResourceExhausted
+/// naming the method, and the same connection serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_disk_usage_request_is_refused_through_apid() {
+    use basalt_api::machine::DiskUsageRequest;
+    within_test_deadline(async {
+        let node = Node::start().await;
+        let mut client = node.client(basalt_e2e::Cert::Reader).await;
+        let status = client
+            .disk_usage(DiskUsageRequest {
+                paths: vec!["/".to_owned(); 1_000_000],
+                ..DiskUsageRequest::default()
+            })
+            .await
+            .expect_err("over DiskUsage's limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().ends_with(
+                "exceeds the limit of 2097152 bytes for /machine.MachineService/DiskUsage"
+            ),
+            "{status:?}"
+        );
+        client.version(()).await.expect("the next call is served");
+        node.shutdown().await;
+    })
+    .await;
+}
