@@ -228,9 +228,9 @@ async fn an_oversized_disk_usage_request_is_refused_through_apid() {
             .expect_err("over DiskUsage's limit");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
         assert!(
-            status.message().ends_with(
-                "exceeds the limit of 2097152 bytes for /machine.MachineService/DiskUsage"
-            ),
+            status
+                .message()
+                .ends_with("exceeds this method's limit of 2097152 bytes"),
             "{status:?}"
         );
         client.version(()).await.expect("the next call is served");

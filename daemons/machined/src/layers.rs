@@ -187,11 +187,9 @@ impl Check for RequestLimit {
     fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
         let limit = request_limit(request.uri().path());
         if limit < crate::MAX_MESSAGE_SIZE {
-            let method = request.uri().path().to_owned();
             let body = std::mem::take(request.body_mut());
             *request.body_mut() = Body::new(LimitedRequest {
                 inner: basalt_grpc::LimitedBody::new(body, limit),
-                method,
             });
         }
         Ok(())
@@ -202,7 +200,6 @@ impl Check for RequestLimit {
 /// as it is.
 struct LimitedRequest {
     inner: basalt_grpc::LimitedBody<Body>,
-    method: String,
 }
 
 impl http_body::Body for LimitedRequest {
@@ -213,15 +210,14 @@ impl http_body::Body for LimitedRequest {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        Pin::new(&mut this.inner)
+        Pin::new(&mut self.inner)
             .poll_frame(cx)
             .map_err(|err| match err {
                 basalt_grpc::LimitedBodyError::Inner(status) => status,
                 basalt_grpc::LimitedBodyError::TooLarge(too_large) => {
                     Status::resource_exhausted(format!(
-                        "request message of {} bytes exceeds the limit of {} bytes for {}",
-                        too_large.size, too_large.limit, this.method
+                        "request message of {} bytes exceeds this method's limit of {} bytes",
+                        too_large.size, too_large.limit
                     ))
                 }
             })

@@ -691,8 +691,7 @@ async fn disk_usage_shares_one_walk_limit_across_its_paths_and_caps_their_number
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert_eq!(
             status.message(),
-            "request message of 3000000 bytes exceeds the limit of 2097152 bytes for \
-             /machine.MachineService/DiskUsage"
+            "request message of 3000000 bytes exceeds this method's limit of 2097152 bytes"
         );
 
         let status = fixture
