@@ -22,6 +22,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use basalt_config::MachineConfig;
 use tokio::sync::watch;
@@ -85,23 +86,30 @@ pub(crate) fn pki_changed(old: &MachineConfig, new: &MachineConfig, hostname: &s
         || old.accepted_tokens() != new.accepted_tokens()
 }
 
+/// How soon a failed re-issue is tried again (a full disk, a write error): not in a loop, and
+/// not only at the next renewal either, which is hours away.
+pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
 /// Control planes: re-issues apid's and trustd's certificates every
 /// [`apid::renew_interval`], and re-issues them and rewrites trustd's files whenever the
-/// active config changes what they depend on ([`pki_changed`]). Failures are logged; the
-/// current files stay in place and the next change or renewal tries again.
+/// active config changes what they depend on ([`pki_changed`]). A failure is logged, the
+/// current files stay in place, and the same work is tried again after `retry`: until it
+/// succeeds, the config it was for does not count as issued, so a change that failed (a token
+/// removed, say) is never left half done behind later renewals.
 pub(crate) async fn run_control_plane(
     mut feed: ConfigFeed,
     apid_files: ApidFiles,
     trustd: Option<TrustdFiles>,
     host: Arc<dyn Host>,
     mut stop: watch::Receiver<bool>,
+    retry: Duration,
 ) {
     let mut issued_from = feed.current();
-    let mut next_renewal = Instant::now() + apid::renew_interval();
+    let mut next_attempt = Instant::now() + apid::renew_interval();
     loop {
-        let reason = tokio::select! {
-            () = tokio::time::sleep_until(next_renewal) => Reason::Renewal,
-            () = feed.changed() => Reason::ConfigChanged,
+        let timer = tokio::select! {
+            () = tokio::time::sleep_until(next_attempt) => true,
+            () = feed.changed() => false,
             () = stopped(&mut stop) => return,
         };
         let hostname = match host.hostname() {
@@ -110,62 +118,59 @@ pub(crate) async fn run_control_plane(
                 let err = Error::Host { source };
                 tracing::error!(
                     error = &err as &dyn std::error::Error,
-                    "Cannot renew node certificates: no hostname"
+                    "Cannot re-issue node certificates: no hostname; trying again soon"
                 );
-                next_renewal = Instant::now() + apid::renew_interval();
+                next_attempt = Instant::now() + retry;
                 continue;
             }
         };
-        let machine = match reason {
-            Reason::Renewal => issued_from.clone(),
-            Reason::ConfigChanged => {
-                let next = feed.current();
-                if !pki_changed(&issued_from, &next, &hostname) {
-                    issued_from = next;
-                    continue;
-                }
-                next
-            }
+        let machine = feed.current();
+        let work = if pki_changed(&issued_from, &machine, &hostname) {
+            Work::Rewrite
+        } else if timer {
+            Work::Renew
+        } else {
+            // Nothing the certificates depend on changed.
+            issued_from = machine;
+            continue;
         };
-        match reissue(&machine, &apid_files, trustd.as_ref(), &hostname, reason) {
+        match reissue(&machine, &apid_files, trustd.as_ref(), &hostname, work) {
             Ok(()) => {
                 tracing::info!(
-                    trigger = reason.as_str(),
+                    trigger = work.as_str(),
                     valid_for_s = apid::node_cert_ttl().as_secs(),
                     "Re-issued apid's and trustd's certificates"
                 );
                 issued_from = machine;
-                next_renewal = Instant::now() + apid::renew_interval();
+                next_attempt = Instant::now() + apid::renew_interval();
             }
             Err(err) => {
                 tracing::error!(
-                    trigger = reason.as_str(),
+                    trigger = work.as_str(),
                     error = &err as &dyn std::error::Error,
+                    retry_in_s = retry.as_secs_f64(),
                     "Cannot re-issue node certificates; keeping the current ones"
                 );
-                // The config is taken as handled so a bad one is not retried in a loop; a
-                // renewal failure is retried at the next interval.
-                if matches!(reason, Reason::ConfigChanged) {
-                    issued_from = machine;
-                }
-                next_renewal = Instant::now() + apid::renew_interval();
+                next_attempt = Instant::now() + retry.min(apid::renew_interval());
             }
         }
     }
 }
 
-/// What started a re-issue.
-#[derive(Clone, Copy, Debug)]
-enum Reason {
-    Renewal,
-    ConfigChanged,
+/// What a wake-up of [`run_control_plane`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Fresh server certificates from the same config.
+    Renew,
+    /// The config changed what certificates or trustd depend on: everything is written again.
+    Rewrite,
 }
 
-impl Reason {
+impl Work {
     fn as_str(self) -> &'static str {
         match self {
-            Reason::Renewal => "renewal",
-            Reason::ConfigChanged => "config changed",
+            Work::Renew => "renewal",
+            Work::Rewrite => "config changed",
         }
     }
 }
@@ -175,15 +180,15 @@ fn reissue(
     apid_files: &ApidFiles,
     trustd: Option<&TrustdFiles>,
     hostname: &str,
-    reason: Reason,
+    work: Work,
 ) -> Result<(), Error> {
     apid::issue_server_cert(machine, apid_files, hostname)
         .map_err(|source| Error::Apid { source })?;
     if let Some(trustd) = trustd {
-        match reason {
-            Reason::Renewal => trustd_files::issue_server_cert(machine, trustd, hostname),
+        match work {
+            Work::Renew => trustd_files::issue_server_cert(machine, trustd, hostname),
             // CA, accepted CAs, tokens: everything trustd reads.
-            Reason::ConfigChanged => trustd_files::write_all(machine, trustd, hostname),
+            Work::Rewrite => trustd_files::write_all(machine, trustd, hostname),
         }
         .map_err(|source| Error::Trustd { source })?;
     }
@@ -257,6 +262,75 @@ mod tests {
 
         let other = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
         assert!(pki_changed(&base, &control_plane(&other), "cp-1"));
+    }
+
+    /// A token change whose rewrite failed is tried again soon, as a rewrite, until trustd's
+    /// config says what the active one does (before 2026-12-08 the failed config counted as
+    /// issued, and later renewals rewrote only the server certificate: a removed token stayed
+    /// accepted until the next change or restart).
+    #[tokio::test]
+    async fn a_failed_rewrite_is_retried_until_trustd_has_the_new_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let apid_files = ApidFiles::under(dir.path()).expect("apid files");
+        let trustd = TrustdFiles::under(dir.path()).expect("trustd files");
+        std::fs::create_dir_all(apid_files.cert.parent().expect("dir")).expect("mkdir");
+        std::fs::create_dir_all(&trustd.dir).expect("mkdir");
+        let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
+        let base = control_plane(&ca);
+        reissue(&base, &apid_files, Some(&trustd), "cp-1", Work::Rewrite).expect("first files");
+        let before = std::fs::read_to_string(&trustd.config).expect("trustd.yaml");
+
+        let active = |config: MachineConfig| {
+            Arc::new(ActiveConfig {
+                version: 1,
+                sha256: String::new(),
+                config,
+                yaml: Arc::from(""),
+            })
+        };
+        let (tx, rx) = watch::channel(active(base.clone()));
+        let feed = ConfigFeed {
+            active: Some(rx),
+            boot: base.clone(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let host: Arc<dyn Host> = Arc::new(basalt_sys::ContainerHost::new(Some("cp-1".into())));
+        let task = tokio::spawn(run_control_plane(
+            feed,
+            apid_files,
+            Some(trustd.clone()),
+            host,
+            stop_rx,
+            Duration::from_millis(50),
+        ));
+
+        // The loop takes the base config as issued before anything changes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // trustd.yaml cannot be replaced while a directory is in its place.
+        std::fs::remove_file(&trustd.config).expect("rm");
+        std::fs::create_dir(&trustd.config).expect("mkdir");
+        let mut raw = base.to_raw();
+        raw.machine.token = Some("zzzzzz.0123456789abcdef".to_owned());
+        tx.send_replace(active(MachineConfig::try_from(raw).expect("config")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(trustd.config.is_dir(), "the rewrite failed meanwhile");
+
+        std::fs::remove_dir(&trustd.config).expect("rmdir");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            if let Ok(text) = std::fs::read_to_string(&trustd.config) {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trustd's config was never rewritten"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_ne!(after, before, "trustd's config holds the new token");
+        stop_tx.send_replace(true);
+        task.await.expect("the loop ends");
     }
 
     #[test]

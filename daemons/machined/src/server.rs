@@ -383,6 +383,7 @@ impl Bound {
                     trustd,
                     host,
                     stop_rx.clone(),
+                    pki_reconcile::RETRY_AFTER_FAILURE,
                 ));
             }
             None => supervised.launch(),
