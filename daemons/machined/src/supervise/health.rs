@@ -43,19 +43,44 @@ async fn exec(spec: &ServiceSpec, argv: &[String]) -> Result<(), String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        // A check that times out is dropped, and with it killed.
+        // A check that times out is dropped, and with it killed: all of it, since a shell
+        // pipeline's other processes are its children (its own group holds them).
+        .process_group(0)
         .kill_on_drop(true);
     spec.apply_env(&mut command);
     let mut child =
         super::children::spawn(&mut command).map_err(|err| format!("run {program}: {err}"))?;
+    // Dropped before `child`: the group is killed while its leader is not yet reaped, so its
+    // id cannot have been reused.
+    let mut group = KillGroupOnDrop(child.id());
     let status = child
         .wait()
         .await
         .map_err(|err| format!("run {program}: {err}"))?;
+    // Reaped: from here on the id may name another group.
+    group.0 = None;
     if status.success() {
         Ok(())
     } else {
         Err(format!("health check {program} exited with {status}"))
+    }
+}
+
+/// Kills a check's whole process group when the check is abandoned (timed out, or its service
+/// stopped) before it ended.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0
+            && let Err(err) = basalt_sys::kill_process_group(pgid)
+        {
+            tracing::debug!(
+                pgid,
+                error = &err as &dyn std::error::Error,
+                "Cannot kill an abandoned health check"
+            );
+        }
     }
 }
 
@@ -85,6 +110,36 @@ mod tests {
         assert!(message.contains("exit status: 4"), "{message}");
         let (spec, missing) = with_check(HealthCheck::Exec(vec!["/nonexistent/check".into()]));
         assert!(check(&spec, &missing).await.is_err());
+    }
+
+    /// A check that times out is killed with everything it started (a pipeline's `sleep`
+    /// outlived it before 2026-12-08, one stray process per interval).
+    #[tokio::test]
+    async fn a_timed_out_check_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let (mut spec, check_cmd) =
+            with_check(HealthCheck::Exec(vec!["sh".into(), "-c".into(), script]));
+        spec.health_interval = Duration::from_millis(500);
+        let message = check(&spec, &check_cmd).await.expect_err("timed out");
+        assert!(message.contains("timed out"), "{message}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("the check wrote its child's pid")
+            .trim()
+            .parse()
+            .expect("pid");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie until init reaps it.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the check's child {pid} still runs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[tokio::test]
