@@ -71,25 +71,31 @@ impl ServiceManager {
             // starting the services; what this adds then simply starts with the rest.
             let next = active.borrow_and_update().config.services().to_vec();
             match self.reconcile(&previous, &next).await {
-                Ok(done) if done.is_empty() => {}
-                Ok(done) => tracing::info!(
-                    added = ?done.added,
-                    removed = ?done.removed,
-                    changed = ?done.changed,
-                    "Services reconciled with the machine config"
-                ),
+                Ok(done) => {
+                    if !done.is_empty() {
+                        tracing::info!(
+                            added = ?done.added,
+                            removed = ?done.removed,
+                            changed = ?done.changed,
+                            "Services reconciled with the machine config"
+                        );
+                    }
+                    previous = next;
+                }
+                // Nothing was changed (see `reconcile`): the next config is compared with the
+                // same `previous`, so this change is tried again with it.
                 Err(err) => tracing::error!(
                     error = &err as &dyn std::error::Error,
-                    "Cannot reconcile the services with the machine config"
+                    "Cannot reconcile the services with the machine config; nothing was changed"
                 ),
             }
-            previous = next;
         }
     }
 
     /// Brings the configured services from `previous` to `next` (see the module docs).
     /// Returns once removed and changed services are stopped and new runners are started
-    /// (not once the new processes run). Nothing is started once machined shuts down.
+    /// (not once the new processes run). Nothing is started once machined shuts down. An
+    /// error (a new service's log file cannot be made) comes before anything is stopped.
     pub(crate) async fn reconcile(
         &self,
         previous: &[ServiceConfig],
@@ -98,6 +104,7 @@ impl ServiceManager {
         if self.is_closing() {
             return Ok(Reconciled::default());
         }
+        self.let_ended_runners_go();
         let backoff = self.shared.registration.backoff;
         let specs = |services: &[ServiceConfig]| -> BTreeMap<String, ServiceSpec> {
             services
@@ -137,6 +144,20 @@ impl ServiceManager {
             return Ok(plan);
         }
 
+        // The new services' log files first: failing here must not leave the changed ones
+        // stopped with nothing to replace them.
+        let mut added = Vec::new();
+        for id in &plan.added {
+            let Some(spec) = new.get(id) else { continue };
+            let registration = &self.shared.registration;
+            let sink = LogSink::new(id, registration.log_dir.as_deref(), registration.log_limits)
+                .map_err(|source| Error::OpenServiceLog {
+                service: id.clone(),
+                source,
+            })?;
+            added.push((spec.clone(), sink));
+        }
+
         // Dependents first; each level at once.
         let units: BTreeMap<String, Arc<Unit>> = retiring
             .iter()
@@ -170,15 +191,8 @@ impl ServiceManager {
                 successors.push(Unit::replacing(spec.clone(), old_unit));
             }
         }
-        for id in &plan.added {
-            let Some(spec) = new.get(id) else { continue };
-            let registration = &self.shared.registration;
-            let sink = LogSink::new(id, registration.log_dir.as_deref(), registration.log_limits)
-                .map_err(|source| Error::OpenServiceLog {
-                service: id.clone(),
-                source,
-            })?;
-            let (unit, receiver) = Unit::new(spec.clone(), sink);
+        for (spec, sink) in added {
+            let (unit, receiver) = Unit::new(spec, sink);
             self.shared
                 .events
                 .publish(EventPayload::ServiceState(unit.current_event()), None);
@@ -206,6 +220,22 @@ impl ServiceManager {
 
     fn is_closing(&self) -> bool {
         *self.closing.borrow() || *self.shared.shutdown.borrow()
+    }
+}
+
+impl ServiceManager {
+    /// The runners of removed and replaced services have ended: their tasks are let go here, or
+    /// the set would grow with every config change until shutdown.
+    fn let_ended_runners_go(&self) {
+        let mut tasks = lock(&self.tasks);
+        while let Some(ended) = tasks.try_join_next() {
+            if let Err(err) = ended {
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "A service runner failed"
+                );
+            }
+        }
     }
 }
 
@@ -277,6 +307,67 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A change that adds a service whose log file cannot be made changes nothing: the changed
+    /// service keeps running (before 2026-12-08 it had been stopped already and was never
+    /// started again), and the change goes through once the log can be made.
+    #[tokio::test]
+    async fn a_failing_addition_stops_nothing_and_the_runners_that_ended_are_let_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = services(&sleeper("change", "a", ""));
+        let config = ServicesConfig {
+            services: before.clone(),
+            log_dir: Some(dir.path().to_owned()),
+            stop_grace: Duration::from_secs(2),
+            ..ServicesConfig::default()
+        };
+        let manager = ServiceManager::new(&config, Vec::new(), EventBus::new()).expect("manager");
+        manager.launch();
+        eventually("running", || {
+            state_of(&manager, "change").as_deref() == Some("Running")
+        })
+        .await;
+        let first = started_pids(&manager, "change");
+
+        // A directory where the new service's log file would go.
+        std::fs::create_dir(dir.path().join("add.log")).expect("mkdir");
+        let after = services(&format!(
+            "{}{}",
+            sleeper("change", "b", ""),
+            sleeper("add", "a", "")
+        ));
+        let err = manager
+            .reconcile(&before, &after)
+            .await
+            .expect_err("the log cannot be made");
+        assert!(matches!(err, Error::OpenServiceLog { .. }), "{err:?}");
+        assert_eq!(state_of(&manager, "change").as_deref(), Some("Running"));
+        assert_eq!(started_pids(&manager, "change"), first, "not restarted");
+        assert_eq!(state_of(&manager, "add"), None);
+
+        std::fs::remove_dir(dir.path().join("add.log")).expect("rmdir");
+        manager.reconcile(&before, &after).await.expect("reconcile");
+        eventually("both running", || {
+            ["change", "add"]
+                .iter()
+                .all(|id| state_of(&manager, id).as_deref() == Some("Running"))
+        })
+        .await;
+        // The replaced runner ends, and its task is let go at the next reconcile.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            manager.reconcile(&after, &after).await.expect("reconcile");
+            if lock(&manager.tasks).len() == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "one runner task per service"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        manager.shutdown().await;
     }
 
     #[tokio::test]
