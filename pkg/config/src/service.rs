@@ -40,6 +40,11 @@ pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest service name (a DNS label: names end up in file names and log ids).
 pub const MAX_SERVICE_NAME_LEN: usize = 63;
 
+/// Most services `machine.services` may list. Far more than a node runs; it bounds what one
+/// config makes machined validate, supervise and order (a dependency chain is walked one
+/// level at a time, and a chain of thousands overflowed the validating thread's stack).
+pub const MAX_SERVICES: usize = 256;
+
 /// Names machined uses for its own services; a configured service may not take them.
 pub const RESERVED_SERVICE_NAMES: &[&str] = &["apid", "machined", "trustd"];
 
@@ -246,6 +251,16 @@ pub(crate) fn validate_services(
     problems: &mut Problems,
     raw: Vec<RawService>,
 ) -> Vec<ServiceConfig> {
+    if raw.len() > MAX_SERVICES {
+        problems.push(
+            "machine.services",
+            format!(
+                "lists {} services; at most {MAX_SERVICES} are allowed",
+                raw.len()
+            ),
+        );
+        return Vec::new();
+    }
     // Names first, so dependencies can be checked against the full set.
     let names: Vec<Option<String>> = raw.iter().map(|service| service.name.clone()).collect();
     let mut first_index: HashMap<&str, usize> = HashMap::new();
@@ -618,6 +633,40 @@ mod tests {
                 "dependency cycle: a -> b -> c -> a".to_owned()
             )]
         );
+    }
+
+    /// A chain of 10,000 dependencies overflowed the validating thread's stack (machined
+    /// aborted, from one ApplyConfiguration); now the list is refused by its length, and the
+    /// longest allowed chain validates on a small stack.
+    #[test]
+    fn too_many_services_are_refused_and_the_longest_chain_validates() {
+        let chain = |n: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    let next = if i + 1 < n {
+                        format!("[s{}]", i + 1)
+                    } else {
+                        "[]".to_owned()
+                    };
+                    format!("- {{name: s{i}, command: x, dependsOn: {next}}}\n")
+                })
+                .collect()
+        };
+        assert_eq!(
+            problems(&chain(10_000)),
+            [(
+                "machine.services".to_owned(),
+                "lists 10000 services; at most 256 are allowed".to_owned()
+            )]
+        );
+        let longest = chain(MAX_SERVICES);
+        let validated = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || services_from_yaml(&longest).map(|s| s.len()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(validated.expect("valid"), MAX_SERVICES);
     }
 
     #[test]
