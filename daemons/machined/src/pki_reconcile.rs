@@ -195,9 +195,42 @@ fn reissue(
     Ok(())
 }
 
-/// On a config holding the CA key (a control plane): the key must belong to the certificate,
-/// or no node certificate could be issued from it. The error names the key and says why.
-pub(crate) fn check_issuing_ca(machine: &MachineConfig) -> Result<(), String> {
+/// What apid and trustd are given of a config must be usable before it is applied (checked by
+/// ApplyConfiguration, not when a stored config is loaded: a node whose stored config predates
+/// a check must still start):
+/// - every CA certificate (`machine.ca.crt` and each `acceptedCAs` entry) is an X.509
+///   certificate, since apid refuses to start with a CA bundle it cannot read;
+/// - no join token is listed twice (`machine.token` and `acceptedTokens`), since trustd refuses
+///   such a config, after the CA files were already rewritten;
+/// - on a config holding the CA key (a control plane), the key belongs to the certificate, or
+///   no node certificate could be issued from it.
+///
+/// The error names the key and says why.
+pub(crate) fn check_trust_material(machine: &MachineConfig) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::from([machine.token()]);
+    for (i, accepted) in machine.accepted_tokens().iter().enumerate() {
+        if !seen.insert(&accepted.token) {
+            // The value is never repeated in the error: it is a secret.
+            return Err(format!(
+                "machine.acceptedTokens[{i}]: is machine.token or an earlier entry again; list \
+                 each token once"
+            ));
+        }
+    }
+    let certificates = std::iter::once(("machine.ca.crt".to_owned(), machine.ca_crt())).chain(
+        machine
+            .accepted_cas()
+            .iter()
+            .enumerate()
+            .map(|(i, crt)| (format!("machine.acceptedCAs[{i}]"), crt)),
+    );
+    for (key, crt) in certificates {
+        let pem = crt
+            .as_str()
+            .map_err(|_| format!("{key}: the certificate must be UTF-8 PEM"))?;
+        basalt_pki::certificates_from_pem(pem.as_bytes())
+            .map_err(|err| format!("{key}: not a usable certificate: {err}"))?;
+    }
     let Some(key) = machine.ca_key() else {
         return Ok(());
     };
@@ -333,17 +366,58 @@ mod tests {
         task.await.expect("the loop ends");
     }
 
+    /// A certificate under the right PEM labels whose body is not one passed validation, and
+    /// apid then could not start (its CA bundle did not load).
+    #[test]
+    fn a_ca_certificate_that_does_not_parse_is_refused_by_name() {
+        let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
+        let mut raw = control_plane(&ca).to_raw();
+        raw.machine
+            .accepted_cas
+            .push(basalt_config::machine::RawCertificate {
+                crt: Some(Base64Pem::from_pem(
+                    "-----BEGIN CERTIFICATE-----\nMIIBnotacert\n-----END CERTIFICATE-----\n"
+                        .to_owned(),
+                )),
+            });
+        let config = MachineConfig::try_from(raw).expect("the labels pass the config's check");
+        let err = check_trust_material(&config).expect_err("not a certificate");
+        assert!(
+            err.starts_with("machine.acceptedCAs[0]: not a usable certificate"),
+            "{err}"
+        );
+    }
+
+    /// trustd refuses a token listed twice, after machined had already rewritten the CA files:
+    /// the apply is refused first, without the token in the message.
+    #[test]
+    fn a_join_token_listed_twice_is_refused_without_showing_it() {
+        let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
+        let base = control_plane(&ca);
+        let token = base.token().as_str().to_owned();
+        let mut raw = base.to_raw();
+        raw.machine.accepted_tokens = vec![
+            basalt_config::machine::RawMachineToken::Plain("zyxwvu.fedcba9876543210".into()),
+            basalt_config::machine::RawMachineToken::Plain(token.clone()),
+        ];
+        let config = MachineConfig::try_from(raw).expect("valid on its own");
+        let err = check_trust_material(&config).expect_err("listed twice");
+        assert!(err.starts_with("machine.acceptedTokens[1]: "), "{err}");
+        assert!(!err.contains(&token), "{err}");
+        assert_eq!(check_trust_material(&base), Ok(()));
+    }
+
     #[test]
     fn a_ca_key_of_another_certificate_is_refused_by_name() {
         let ca = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
         let other = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
-        assert_eq!(check_issuing_ca(&control_plane(&ca)), Ok(()));
+        assert_eq!(check_trust_material(&control_plane(&ca)), Ok(()));
         let mut raw = control_plane(&ca).to_raw();
         if let Some(ca) = raw.machine.ca.as_mut() {
             ca.key = Some(Base64Pem::from_pem(other.key_pem()));
         }
         let mismatched = MachineConfig::try_from(raw).expect("config");
-        let err = check_issuing_ca(&mismatched).expect_err("mismatch");
+        let err = check_trust_material(&mismatched).expect_err("mismatch");
         assert!(err.starts_with("machine.ca:"), "{err}");
     }
 }

@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use basalt_api::basalt::v1::config_service_client::ConfigServiceClient;
@@ -28,17 +28,25 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-/// A valid worker config (fake PEM: basalt-config checks labels, not contents).
-const BASE: &str = "version: v1alpha1
+/// A valid worker config, with a CA certificate made for this test run (ApplyConfiguration
+/// parses it: apid could not start with one that is not a certificate).
+static BASE: LazyLock<String> = LazyLock::new(|| {
+    let ca = basalt_pki::CertificateAuthority::generate(&basalt_pki::CaOptions::talos_os())
+        .expect("a CA");
+    let crt = basalt_config::Base64Pem::from_pem(ca.cert_pem().to_owned()).to_base64();
+    format!(
+        "version: v1alpha1
 machine:
   type: worker
   token: abcdef.0123456789abcdef
   ca:
-    crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJQekNCOHFBREFnRUNBaEVBCi0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K
+    crt: {crt}
 cluster:
   name: dev
   endpoints: [127.0.0.1]
-";
+"
+    )
+});
 
 /// What apid would send for an admin certificate.
 const ALICE: &str = "cn=alice;serial=2a;fp=ab12;roles=os:admin;addr=10.0.0.7:40112";
@@ -74,7 +82,7 @@ impl Node {
             dir: state.join("config"),
             history_limit,
         };
-        let store = ConfigStore::open(&options, BASE, "seeded by the test").expect("open store");
+        let store = ConfigStore::open(&options, &BASE, "seeded by the test").expect("open store");
         config.config_store = Some(store.clone());
         let bound = Server::bind(config).await.expect("bind machined");
         let events = bound.events();
@@ -228,7 +236,7 @@ async fn every_validation_problem_is_reported_at_once_and_published() {
         assert!(event.error.contains("machine.token"), "{}", event.error);
         // Nothing changed.
         assert_eq!(node.history().await.len(), 1);
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         node.stop().await;
     })
     .await;
@@ -294,7 +302,7 @@ async fn unparsable_configs_are_refused_with_the_key_and_position_and_nothing_ch
         }
         // Nothing was stored or applied, and machined still takes a good config.
         assert_eq!(node.history().await.len(), 1);
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         node.apply(&with_hostname("after"), Mode::NoReboot, false, None)
             .await
             .expect("a valid config after the bad ones");
@@ -329,10 +337,10 @@ async fn dry_run_changes_nothing_and_shows_the_diff() {
         assert_eq!(node.history().await.len(), 1);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("config/current.yaml")).unwrap(),
-            BASE
+            *BASE
         );
 
-        let same = node.apply(BASE, Mode::NoReboot, true, None).await.unwrap();
+        let same = node.apply(&BASE, Mode::NoReboot, true, None).await.unwrap();
         assert!(
             same.mode_details.ends_with("No changes.\n"),
             "{}",
@@ -427,7 +435,7 @@ async fn staged_is_recorded_but_not_active() {
             .await
             .expect("stage");
         assert_eq!(reply.mode, Mode::Staged as i32);
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         let history = node.history().await;
         assert_eq!(history[0].mode, "STAGED");
         assert!(history[0].staged && !history[0].active);
@@ -522,7 +530,7 @@ async fn try_reverts_when_not_confirmed_in_time() {
             newest.mode == "REVERT" && newest.active
         })
         .await;
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         let history = node.history().await;
         assert!(history[0].active);
         assert!(
@@ -601,7 +609,7 @@ async fn try_reverts_at_start_when_the_deadline_passed_while_machined_was_down()
 
         let node = Node::start(dir.path(), 20).await;
         // Reverted while opening, before serving.
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         let history = node.history().await;
         assert_eq!(history[0].mode, "REVERT");
         assert!(history[0].active);
@@ -634,7 +642,7 @@ async fn try_is_rearmed_after_a_restart_and_reverts_when_the_deadline_passes() {
             newest.mode == "REVERT" && newest.active
         })
         .await;
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         node.stop().await;
     })
     .await;
@@ -825,7 +833,7 @@ async fn a_reset_wipes_the_history_and_the_reboot_seeds_the_store_again() {
             },
         )
         .await;
-        assert_eq!(node.active_yaml().await, BASE);
+        assert_eq!(node.active_yaml().await, *BASE);
         assert!(dir.path().join("config/current.yaml").exists());
         // And it works as before.
         node.apply(&with_hostname("n3"), Mode::NoReboot, false, None)
@@ -942,7 +950,7 @@ async fn inside_a_mount_namespace_an_apply_that_does_not_fit_changes_nothing() {
                 "{case}"
             );
             assert_eq!(node.history().await, before, "history after {case}");
-            assert_eq!(node.active_yaml().await, BASE, "active after {case}");
+            assert_eq!(node.active_yaml().await, *BASE, "active after {case}");
             assert_eq!(node.store.trial(), None, "trial after {case}");
             let mut files: Vec<String> = walk(&state.join("config"));
             files.sort();

@@ -32,9 +32,17 @@ const ITERATIONS: usize = 32;
 /// The whole test must finish within this.
 const BUDGET: Duration = Duration::from_secs(240);
 
+/// The CA certificate of the configs, made for this test run (ApplyConfiguration parses it).
+static CA_CRT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let ca = basalt_pki::CertificateAuthority::generate(&basalt_pki::CaOptions::talos_os())
+        .expect("a CA");
+    basalt_config::Base64Pem::from_pem(ca.cert_pem().to_owned()).to_base64()
+});
+
 /// A ~300 KiB machine config (about 30 times a generous real one): a valid worker config padded with comment lines (the store keeps
 /// the YAML byte for byte, comments included, so every byte goes through the write path).
 fn big_config(hostname: &str, seed: u64) -> String {
+    let crt = &*CA_CRT;
     let mut text = format!(
         "version: v1alpha1
 machine:
@@ -42,7 +50,7 @@ machine:
   hostname: {hostname}
   token: abcdef.0123456789abcdef
   ca:
-    crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJQekNCOHFBREFnRUNBaEVBCi0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K
+    crt: {crt}
 cluster:
   name: dev
   endpoints: [127.0.0.1]

@@ -174,7 +174,7 @@ impl ConfigApi {
         MachineConfig::from_yaml(yaml)
             .map_err(|err| basalt_daemon::error_chain(&err))
             // A CA machined cannot issue from would leave the node's certificates unrenewable.
-            .and_then(|config| crate::pki_reconcile::check_issuing_ca(&config).map(|()| config))
+            .and_then(|config| crate::pki_reconcile::check_trust_material(&config).map(|()| config))
             .map_err(|reason| {
                 self.events.publish(
                     EventPayload::ConfigValidationError(machine::ConfigValidationErrorEvent {
