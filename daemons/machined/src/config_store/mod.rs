@@ -404,9 +404,16 @@ impl ConfigStore {
     /// store wiped by Reset is seeded from `--config` again. Subscribers see the result.
     ///
     /// Blocking: call it from a blocking context (boot hooks run on the blocking pool).
+    ///
+    /// If the reload fails (a staged config that no longer validates, a full disk), nothing it
+    /// found on disk took effect, and the store keeps what it had: the active config, the
+    /// staged one and a trial, whose revert timer keeps running.
     pub fn boot(&self) -> Result<(), Error> {
         let _guard = self.shared.apply_lock.blocking_lock();
-        self.shared.reload()
+        let before = self.shared.state().clone();
+        self.shared
+            .reload()
+            .inspect_err(|_| self.shared.restore(before))
     }
 
     /// The active config.
@@ -972,6 +979,15 @@ impl Shared {
     }
 
     /// Publishes a new active config and trial state.
+    /// Puts back the state of before a failed [`ConfigStore::boot`], and publishes it.
+    fn restore(&self, before: State) {
+        let active = Arc::clone(&before.active);
+        let trial_info = before.trial.as_ref().map(|trial| trial.info.clone());
+        *self.state() = before;
+        self.active.send_replace(active);
+        self.trial.send_replace(trial_info);
+    }
+
     fn set_active(&self, active: ActiveConfig, trial: Option<Trial>) {
         let active = Arc::new(active);
         let trial_info = trial.as_ref().map(|trial| trial.info.clone());
@@ -1287,6 +1303,49 @@ cluster:
             disk::entry_versions(&dir.path().join("config/history")).unwrap(),
             [5, 6, 7]
         );
+    }
+
+    /// A reboot whose staged config no longer validates keeps the store as it was, the trial
+    /// and its revert timer included (before 2026-12-08 the trial was cleared from memory and
+    /// never reverted until machined restarted).
+    #[test]
+    fn a_failed_boot_keeps_the_trial_and_the_staged_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 20);
+        let later = SystemTime::now() + Duration::from_secs(600);
+        store
+            .shared
+            .commit(commit(
+                &with_hostname("t1"),
+                CommitKind::Try { deadline: later },
+            ))
+            .unwrap();
+        store
+            .shared
+            .commit(commit(&with_hostname("s1"), CommitKind::Staged))
+            .unwrap();
+        let (trial, staged, active) = (store.trial(), store.staged(), store.current());
+        assert!(trial.is_some() && staged.is_some());
+
+        // The staged record's config is no longer valid.
+        let path = dir.path().join("config/staged.yaml");
+        let mut record: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        record["config"] = serde_yaml::Value::from("version: v1alpha1\nmachine: {}\n");
+        std::fs::write(&path, serde_yaml::to_string(&record).unwrap()).unwrap();
+
+        assert!(
+            store.boot().is_err(),
+            "the staged config cannot be activated"
+        );
+        assert_eq!(store.trial(), trial);
+        assert_eq!(
+            *store.shared.trial.borrow(),
+            trial,
+            "the watchdog still sees it"
+        );
+        assert_eq!(store.staged(), staged);
+        assert_eq!(store.current().version, active.version);
     }
 
     #[test]
