@@ -62,7 +62,7 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
-    /// A blocking task (a /proc scan) panicked or was cancelled.
+    /// A blocking task (a /proc scan, a certificate re-issue) panicked or was cancelled.
     #[error("run a blocking task")]
     BlockingTask {
         /// The join error.

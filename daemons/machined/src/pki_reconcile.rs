@@ -134,7 +134,21 @@ pub(crate) async fn run_control_plane(
             issued_from = machine;
             continue;
         };
-        match reissue(&machine, &apid_files, trustd.as_ref(), &hostname, work) {
+        // About a dozen atomic writes, each fsynced with its directory, and the signing: on
+        // the blocking pool, not on machined's one runtime thread that serves every call.
+        let job = (
+            machine.clone(),
+            apid_files.clone(),
+            trustd.clone(),
+            hostname.clone(),
+        );
+        let done = tokio::task::spawn_blocking(move || {
+            let (machine, apid_files, trustd, hostname) = job;
+            reissue(&machine, &apid_files, trustd.as_ref(), &hostname, work)
+        })
+        .await
+        .unwrap_or_else(|join| Err(Error::BlockingTask { source: join }));
+        match done {
             Ok(()) => {
                 tracing::info!(
                     trigger = work.as_str(),
