@@ -444,6 +444,22 @@ impl TryFrom<RawMachineConfig> for MachineConfig {
             crate::apid::metrics_address(&mut problems, "machine.metrics.apid", metrics.apid);
         let trustd_metrics =
             crate::apid::metrics_address(&mut problems, "machine.metrics.trustd", metrics.trustd);
+        // Every address a daemon binds, in the order a clash is reported against: two that
+        // overlap would leave one daemon unable to start.
+        let bound = [
+            ("machine.apid.listen", apid_listen),
+            ("machine.trustd.listen", trustd_listen),
+            ("machine.metrics.apid", apid_metrics),
+            ("machine.metrics.trustd", trustd_metrics),
+        ];
+        for (i, (key, addr)) in bound.iter().enumerate().skip(2) {
+            let Some(addr) = addr else { continue };
+            if let Some((other, taken)) = bound[..i].iter().find_map(|(other, taken)| {
+                taken.filter(|t| overlaps(*addr, *t)).map(|t| (other, t))
+            }) {
+                problems.push(*key, format!("{addr} clashes with {other} {taken}"));
+            }
+        }
         let apid_limits =
             ApidLimits::validate(&mut problems, "machine.apidLimits", machine.apid_limits);
         let services = validate_services(&mut problems, machine.services);
@@ -968,6 +984,37 @@ mod tests {
     fn parse_error_text(err: &Error) -> String {
         assert!(matches!(err, Error::Parse { .. }), "{err:?}");
         std::error::Error::source(err).unwrap().to_string()
+    }
+
+    /// A metrics endpoint on an address another daemon binds left one of them unable to start.
+    #[test]
+    fn metrics_addresses_may_not_clash_with_each_other_or_the_listeners() {
+        let text = worker_yaml().replace(
+            "  ca:\n",
+            "  metrics: {apid: '0.0.0.0:50000', trustd: '127.0.0.1:9100'}\n  ca:\n",
+        );
+        let text = text.replace(
+            "metrics: {",
+            "apid: {listen: '0.0.0.0:50000'}\n  metrics: {",
+        );
+        let err = MachineConfig::from_yaml(&text).unwrap_err();
+        assert_eq!(problem_keys(&err), ["machine.metrics.apid"]);
+        assert!(
+            err.to_string()
+                .contains("0.0.0.0:50000 clashes with machine.apid.listen 0.0.0.0:50000"),
+            "{err}"
+        );
+        let text = worker_yaml().replace(
+            "  ca:\n",
+            "  metrics: {apid: '127.0.0.1:9100', trustd: '0.0.0.0:9100'}\n  ca:\n",
+        );
+        let err = MachineConfig::from_yaml(&text).unwrap_err();
+        assert_eq!(problem_keys(&err), ["machine.metrics.trustd"]);
+        let text = worker_yaml().replace(
+            "  ca:\n",
+            "  metrics: {apid: '127.0.0.1:9100', trustd: '127.0.0.1:9101'}\n  ca:\n",
+        );
+        MachineConfig::from_yaml(&text).expect("apart");
     }
 
     #[test]
