@@ -40,7 +40,7 @@ pub struct ClientConfig {
     #[serde(default)]
     pub context: String,
     /// Every context by name (sorted, so files are written deterministically).
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "crate::yaml::unique_keys")]
     pub contexts: BTreeMap<String, Context>,
 }
 
@@ -310,6 +310,23 @@ mod tests {
 
     fn names(config: &ClientConfig) -> Vec<&str> {
         config.contexts.keys().map(String::as_str).collect()
+    }
+
+    /// Two contexts of one name kept only the second, silently; go-yaml refuses the file.
+    #[test]
+    fn a_context_listed_twice_is_refused_and_null_contexts_are_none() {
+        let text = "context: dev\ncontexts:\n  dev: {endpoints: [1.1.1.1]}\n  \
+                    dev: {endpoints: [2.2.2.2]}\n";
+        let err = ClientConfig::from_yaml(text).expect_err("duplicate context");
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            source
+                .unwrap_or_default()
+                .contains("the key \"dev\" is listed twice"),
+            "{err:?}"
+        );
+        let config = ClientConfig::from_yaml("context: ''\ncontexts: null\n").expect("null");
+        assert!(config.contexts.is_empty());
     }
 
     #[test]

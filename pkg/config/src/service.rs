@@ -200,7 +200,11 @@ pub struct RawService {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// `env`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::yaml::unique_keys"
+    )]
     pub env: BTreeMap<String, String>,
     /// `restart`: `always`, `on-failure` or `never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -667,6 +671,30 @@ mod tests {
             .join()
             .expect("no stack overflow");
         assert_eq!(validated.expect("valid"), MAX_SERVICES);
+    }
+
+    /// serde's maps kept the last of two equal keys; go-yaml, and so Talos, refuses them.
+    #[test]
+    fn an_env_variable_listed_twice_is_refused() {
+        let err = services_from_yaml("- {name: a, command: x, env: {A: one, A: two}}\n")
+            .expect_err("duplicate key");
+        let text = anyhow_like(&err);
+        assert!(text.contains("the key \"A\" is listed twice"), "{text}");
+        let ok = services_from_yaml("- {name: a, command: x, env: {A: one, B: two}}\n")
+            .expect("distinct keys");
+        assert_eq!(ok[0].env.len(), 2);
+    }
+
+    /// The error and its sources, as one line.
+    fn anyhow_like(err: &Error) -> String {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 
     #[test]

@@ -35,6 +35,56 @@ pub(crate) fn parse_required<T: DeserializeOwned>(
     })
 }
 
+/// A mapping whose keys must be distinct: serde's maps keep the last of two equal keys, where
+/// Talos's YAML (go-yaml v3) refuses "mapping key already defined". Use as
+/// `#[serde(deserialize_with = "crate::yaml::unique_keys")]`; `null` is an empty map.
+pub(crate) fn unique_keys<'de, D, K, V>(
+    deserializer: D,
+) -> Result<std::collections::BTreeMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: serde::Deserialize<'de> + Ord + std::fmt::Display,
+    V: serde::Deserialize<'de>,
+{
+    struct Unique<K, V>(std::marker::PhantomData<(K, V)>);
+
+    impl<'de, K, V> serde::de::Visitor<'de> for Unique<K, V>
+    where
+        K: serde::Deserialize<'de> + Ord + std::fmt::Display,
+        V: serde::Deserialize<'de>,
+    {
+        type Value = std::collections::BTreeMap<K, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Self::Value::new())
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Self::Value::new();
+            while let Some(key) = map.next_key::<K>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "the key {key:?} is listed twice",
+                        key = key.to_string()
+                    )));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_any(Unique(std::marker::PhantomData))
+}
+
 /// Renders a document as YAML.
 pub(crate) fn render<T: Serialize>(document: Document, value: &T) -> Result<String, Error> {
     serde_yaml::to_string(value).map_err(|source| Error::Serialize { document, source })
