@@ -461,8 +461,10 @@ impl ConfigStore {
             .collect()
     }
 
-    /// Waits for the change lock. Whoever holds it is the only one changing the config; the
-    /// lifecycle holds it for the whole of a reboot so no apply lands half-way.
+    /// Waits for the change lock. Whoever holds it is the only one changing the config. A
+    /// container-mode reboot takes it only in its `activateStagedConfig` hook ([`Self::boot`]),
+    /// so an apply or a TRY revert may land while the reboot has the services stopped; the
+    /// service reconciler then starts what it adds before the reboot starts the rest.
     pub async fn lock(&self) -> ApplyGuard {
         ApplyGuard {
             _guard: Arc::clone(&self.shared.apply_lock).lock_owned().await,
