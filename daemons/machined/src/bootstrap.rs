@@ -38,7 +38,7 @@ use tonic::transport::{Endpoint, Uri};
 
 use crate::apid::{self, ApidFiles, is_dns_name};
 use crate::events::{EventBus, EventPayload};
-use crate::pki_reconcile::{ConfigFeed, issued_by_machine_ca, pki_changed};
+use crate::pki_reconcile::{ConfigFeed, issued_by_machine_ca, node_hostname, pki_changed};
 use crate::supervise::stopped;
 
 /// Task name of the event published when the first certificate is written.
@@ -397,7 +397,7 @@ pub fn renew_delay(not_after: time::OffsetDateTime, now: time::OffsetDateTime) -
 pub(crate) async fn run(
     mut feed: ConfigFeed,
     files: ApidFiles,
-    hostname: String,
+    kernel_hostname: String,
     backoff: RetryBackoff,
     events: EventBus,
     on_first: impl FnOnce() + Send,
@@ -419,7 +419,7 @@ pub(crate) async fn run(
                 attempt(
                     &machine,
                     &files,
-                    &hostname,
+                    node_hostname(&machine, &kernel_hostname),
                     target,
                     &backoff,
                     &events,
@@ -438,12 +438,13 @@ pub(crate) async fn run(
                 () = sleep_until_or_forever(deadline) => break,
                 () = feed.changed() => {
                     let updated = feed.current();
-                    if !pki_changed(&machine, &updated, &hostname) {
+                    if !pki_changed(&machine, &updated, &kernel_hostname) {
                         machine = updated;
                         continue;
                     }
+                    let sans = |config| csr_sans(config, node_hostname(config, &kernel_hostname));
                     let reissue = machine.ca_crt() != updated.ca_crt()
-                        || csr_sans(&machine, &hostname) != csr_sans(&updated, &hostname)
+                        || sans(&machine) != sans(&updated)
                         || !issued_by_machine_ca(&files.cert, &updated);
                     machine = updated;
                     write_ca_bundle(&machine, &files);

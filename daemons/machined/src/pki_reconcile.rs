@@ -76,14 +76,38 @@ impl ConfigFeed {
 }
 
 /// Whether node certificates or trustd's files depend on something that differs between
-/// `old` and `new` (see the module docs for the keys). `hostname` is the node's.
-pub(crate) fn pki_changed(old: &MachineConfig, new: &MachineConfig, hostname: &str) -> bool {
+/// `old` and `new` (see the module docs for the keys; the hostname is among the SANs).
+/// `kernel_hostname` stands in for a config that sets no `machine.hostname`.
+pub(crate) fn pki_changed(old: &MachineConfig, new: &MachineConfig, kernel_hostname: &str) -> bool {
     old.ca_crt() != new.ca_crt()
         || old.ca_key() != new.ca_key()
         || old.accepted_cas() != new.accepted_cas()
-        || apid::server_sans(old, hostname) != apid::server_sans(new, hostname)
+        || apid::server_sans(old, node_hostname(old, kernel_hostname))
+            != apid::server_sans(new, node_hostname(new, kernel_hostname))
         || old.token() != new.token()
         || old.accepted_tokens() != new.accepted_tokens()
+}
+
+/// The node's hostname under `machine`: its `machine.hostname`, else the kernel's.
+pub(crate) fn node_hostname<'a>(machine: &'a MachineConfig, kernel_hostname: &'a str) -> &'a str {
+    machine.hostname().unwrap_or(kernel_hostname)
+}
+
+/// Keeps the hostname `host` reports (the Hostname call, logs) in step with the active
+/// config: `machine.hostname` is a live change.
+pub(crate) async fn follow_hostname(
+    mut feed: ConfigFeed,
+    host: Arc<dyn Host>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = feed.changed() => {
+                host.set_configured_hostname(feed.current().hostname().map(str::to_owned));
+            }
+            () = stopped(&mut stop) => return,
+        }
+    }
 }
 
 /// How soon a failed re-issue is tried again (a full disk, a write error): not in a loop, and
@@ -100,7 +124,7 @@ pub(crate) async fn run_control_plane(
     mut feed: ConfigFeed,
     apid_files: ApidFiles,
     trustd: Option<TrustdFiles>,
-    host: Arc<dyn Host>,
+    kernel_hostname: String,
     mut stop: watch::Receiver<bool>,
     retry: Duration,
 ) {
@@ -112,20 +136,9 @@ pub(crate) async fn run_control_plane(
             () = feed.changed() => false,
             () = stopped(&mut stop) => return,
         };
-        let hostname = match host.hostname() {
-            Ok(hostname) => hostname,
-            Err(source) => {
-                let err = Error::Host { source };
-                tracing::error!(
-                    error = &err as &dyn std::error::Error,
-                    "Cannot re-issue node certificates: no hostname; trying again soon"
-                );
-                next_attempt = Instant::now() + retry;
-                continue;
-            }
-        };
         let machine = feed.current();
-        let work = if pki_changed(&issued_from, &machine, &hostname) {
+        let hostname = node_hostname(&machine, &kernel_hostname).to_owned();
+        let work = if pki_changed(&issued_from, &machine, &kernel_hostname) {
             Work::Rewrite
         } else if timer {
             Work::Renew
@@ -309,6 +322,14 @@ mod tests {
 
         let other = CertificateAuthority::generate(&CaOptions::talos_os()).expect("CA");
         assert!(pki_changed(&base, &control_plane(&other), "cp-1"));
+
+        // The hostname is a SAN: setting `machine.hostname` (or changing it) changes them,
+        // setting it to what the kernel reports does not.
+        let mut raw = base.to_raw();
+        raw.machine.hostname = Some("cp-2".to_owned());
+        let renamed = MachineConfig::try_from(raw).expect("config");
+        assert!(pki_changed(&base, &renamed, "cp-1"));
+        assert!(!pki_changed(&base, &renamed, "cp-2"));
     }
 
     /// A token change whose rewrite failed is tried again soon, as a rewrite, until trustd's
@@ -341,12 +362,11 @@ mod tests {
             boot: base.clone(),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let host: Arc<dyn Host> = Arc::new(basalt_sys::ContainerHost::new(Some("cp-1".into())));
         let task = tokio::spawn(run_control_plane(
             feed,
             apid_files,
             Some(trustd.clone()),
-            host,
+            "cp-1".to_owned(),
             stop_rx,
             Duration::from_millis(50),
         ));

@@ -359,6 +359,10 @@ impl Bound {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut children = tokio::task::JoinSet::new();
+        // What a config without `machine.hostname` names the node (the certificates follow the
+        // active config's hostname).
+        let kernel_hostname =
+            |started_as: &str| basalt_sys::hostname().unwrap_or_else(|_| started_as.to_owned());
         match apid {
             Some((launch, files, hostname)) if launch.machine.ca_key().is_none() => {
                 // A worker: apid waits for its certificate from trustd.
@@ -367,21 +371,21 @@ impl Bound {
                 children.spawn(bootstrap::run(
                     ConfigFeed::new(launch.machine, config_store.as_ref()),
                     files,
-                    hostname,
+                    kernel_hostname(&hostname),
                     RetryBackoff::default(),
                     supervised.events().clone(),
                     move || services.launch_service("apid"),
                     stop_rx.clone(),
                 ));
             }
-            Some((launch, files, _)) => {
+            Some((launch, files, hostname)) => {
                 supervised.launch();
                 // Renewal at half-life and live CA/SAN/token changes (`crate::pki_reconcile`).
                 children.spawn(pki_reconcile::run_control_plane(
                     ConfigFeed::new(launch.machine, config_store.as_ref()),
                     files,
                     trustd,
-                    host,
+                    kernel_hostname(&hostname),
                     stop_rx.clone(),
                     pki_reconcile::RETRY_AFTER_FAILURE,
                 ));
@@ -389,6 +393,14 @@ impl Bound {
             None => supervised.launch(),
         }
         lifecycle.start_boot();
+        if let Some(store) = &config_store {
+            // `machine.hostname` is a live change: the Hostname call follows the active config.
+            children.spawn(pki_reconcile::follow_hostname(
+                ConfigFeed::new(store.current().config.clone(), Some(store)),
+                Arc::clone(&host),
+                stop_rx.clone(),
+            ));
+        }
         if let Some(store) = config_store {
             // Reverts a TRY apply not confirmed in time (re-armed from disk at every start).
             children.spawn(

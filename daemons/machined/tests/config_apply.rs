@@ -1073,6 +1073,40 @@ fn walk(dir: &Path) -> Vec<String> {
     found
 }
 
+/// `machine.hostname` is a live change: the Hostname call answers the new name at once
+/// (before 2026-12-08 it kept the name machined started with until the next start).
+#[tokio::test]
+async fn a_new_hostname_is_reported_at_once() {
+    within_deadline(async {
+        let dir = state_dir();
+        let node = Node::start(dir.path(), 20).await;
+        let hostname = |node: &Node| {
+            let node = node.socket.clone();
+            async move {
+                let reply = MachineServiceClient::new(connect(&node).await)
+                    .hostname(with_roles((), &["os:reader"]))
+                    .await
+                    .expect("Hostname");
+                reply.into_inner().messages[0].hostname.clone()
+            }
+        };
+        assert_eq!(hostname(&node).await, "node-1");
+        node.apply(&with_hostname("renamed"), Mode::NoReboot, false, None)
+            .await
+            .expect("a hostname is applied live");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hostname(&node).await != "renamed" {
+            assert!(
+                Instant::now() < deadline,
+                "the Hostname call never followed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node.stop().await;
+    })
+    .await;
+}
+
 /// Requests are held to their method's limit, but a machine config keeps the whole 32 MiB
 /// message (a config of some MiB, comments and all, is applied).
 #[tokio::test]

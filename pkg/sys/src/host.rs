@@ -17,6 +17,10 @@ pub trait Host: Send + Sync + fmt::Debug {
     /// The node's hostname as the API reports it.
     fn hostname(&self) -> Result<String, Error>;
 
+    /// Follows a new active machine config: `machine.hostname` when it sets one, else the
+    /// kernel's. (The kernel's own hostname is not changed.)
+    fn set_configured_hostname(&self, hostname: Option<String>);
+
     /// Reboots the node. In container mode this only records the request.
     fn reboot(&self) -> Result<(), Error>;
 
@@ -38,8 +42,30 @@ pub enum HostAction {
 /// restarting its own services); the hostname is the configured one, else the kernel's.
 #[derive(Debug, Default)]
 pub struct ContainerHost {
-    hostname: Option<String>,
+    hostname: ConfiguredHostname,
     actions: Mutex<Vec<HostAction>>,
+}
+
+/// `machine.hostname` of the active config, if it sets one; else the kernel's is reported.
+#[derive(Debug, Default)]
+struct ConfiguredHostname(Mutex<Option<String>>);
+
+impl ConfiguredHostname {
+    fn new(hostname: Option<String>) -> Self {
+        Self(Mutex::new(hostname))
+    }
+
+    fn get(&self) -> Result<String, Error> {
+        // Only ever replaced whole: a panic elsewhere cannot leave it inconsistent.
+        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(name) => Ok(name.clone()),
+            None => crate::hostname(),
+        }
+    }
+
+    fn set(&self, hostname: Option<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = hostname;
+    }
 }
 
 impl ContainerHost {
@@ -47,7 +73,7 @@ impl ContainerHost {
     /// `machine.hostname`), else the kernel's hostname.
     pub fn new(hostname: Option<String>) -> Self {
         ContainerHost {
-            hostname,
+            hostname: ConfiguredHostname::new(hostname),
             actions: Mutex::new(Vec::new()),
         }
     }
@@ -69,10 +95,11 @@ impl ContainerHost {
 
 impl Host for ContainerHost {
     fn hostname(&self) -> Result<String, Error> {
-        match &self.hostname {
-            Some(name) => Ok(name.clone()),
-            None => crate::hostname(),
-        }
+        self.hostname.get()
+    }
+
+    fn set_configured_hostname(&self, hostname: Option<String>) {
+        self.hostname.set(hostname);
     }
 
     fn reboot(&self) -> Result<(), Error> {
@@ -91,23 +118,26 @@ impl Host for ContainerHost {
 /// mode; the calls need `CAP_SYS_BOOT`.
 #[derive(Debug, Default)]
 pub struct RealHost {
-    hostname: Option<String>,
+    hostname: ConfiguredHostname,
 }
 
 impl RealHost {
     /// The real machine, reporting `hostname` when given (the machine config's
     /// `machine.hostname`), else the kernel's hostname.
     pub fn new(hostname: Option<String>) -> Self {
-        RealHost { hostname }
+        RealHost {
+            hostname: ConfiguredHostname::new(hostname),
+        }
     }
 }
 
 impl Host for RealHost {
     fn hostname(&self) -> Result<String, Error> {
-        match &self.hostname {
-            Some(name) => Ok(name.clone()),
-            None => crate::hostname(),
-        }
+        self.hostname.get()
+    }
+
+    fn set_configured_hostname(&self, hostname: Option<String>) {
+        self.hostname.set(hostname);
     }
 
     fn reboot(&self) -> Result<(), Error> {
