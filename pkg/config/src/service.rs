@@ -197,13 +197,17 @@ pub struct RawService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// `args`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty_strings"
+    )]
     pub args: Vec<String>,
     /// `env`.
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "crate::yaml::unique_keys"
+        deserialize_with = "env_null_as_empty"
     )]
     pub env: BTreeMap<String, String>,
     /// `restart`: `always`, `on-failure` or `never`.
@@ -238,6 +242,23 @@ pub fn services_from_yaml(text: &str) -> Result<Vec<ServiceConfig>, Error> {
     let raw: Vec<RawService> =
         crate::yaml::parse(Document::MachineConfig, text)?.unwrap_or_default();
     validate(raw)
+}
+
+/// A YAML `null` (`~`, `null`, nothing) where a string belongs is the empty string, as go-yaml
+/// (and so Talos) reads it; serde alone would read the text "null" or "~".
+fn null_as_empty_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let values = Option::<Vec<Option<String>>>::deserialize(d)?.unwrap_or_default();
+    Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// [`null_as_empty_strings`] for `env`, whose keys must also be distinct.
+fn env_null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(crate::yaml::unique_keys::<D, String, Option<String>>(d)?
+        .into_iter()
+        .map(|(key, value)| (key, value.unwrap_or_default()))
+        .collect())
 }
 
 /// Validates a `machine.services` list on its own (see [`services_from_yaml`]).
@@ -683,6 +704,24 @@ mod tests {
         let ok = services_from_yaml("- {name: a, command: x, env: {A: one, B: two}}\n")
             .expect("distinct keys");
         assert_eq!(ok[0].env.len(), 2);
+    }
+
+    /// YAML null became the text "null" or "~"; go-yaml, and so Talos, reads it as empty.
+    #[test]
+    fn null_env_values_and_args_are_empty_as_in_talos() {
+        let services = services_from_yaml(
+            "- {name: a, command: x, args: [one, ~, null], env: {A: ~, B: null}}\n",
+        )
+        .expect("valid");
+        assert_eq!(services[0].args, ["one", "", ""]);
+        assert_eq!(services[0].env["A"], "");
+        assert_eq!(services[0].env["B"], "");
+        let quoted = services_from_yaml(
+            "- {name: a, command: x, args: ['~', 'null'], env: {A: '', B: '~'}}\n",
+        )
+        .expect("quoted text");
+        assert_eq!(quoted[0].args, ["~", "null"]);
+        assert_eq!(quoted[0].env["B"], "~");
     }
 
     /// The error and its sources, as one line.
