@@ -146,6 +146,13 @@ pub enum Error {
         #[source]
         source: apid::Error,
     },
+    /// The blocking task writing the credentials panicked or was cancelled.
+    #[error("write apid's credentials on the blocking pool")]
+    WriteTask {
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// A trustd endpoint: `host:port`.
@@ -482,9 +489,23 @@ async fn attempt(
             // apid accepts clients of the CAs this node's config trusts; trustd's bundle is
             // the fallback if the config's cannot be read.
             let bundle = apid::ca_bundle(machine).unwrap_or_else(|_| issued.ca_pem.clone());
-            apid::write_credentials(files, &issued.key_pem, &issued.cert_pem, &bundle)
-                .map(|()| issued)
-                .map_err(|source| Error::Write { source })
+            // Three fsynced atomic writes: on the blocking pool, not on machined's one runtime
+            // thread that serves every call.
+            let (files, key, cert) = (
+                files.clone(),
+                issued.key_pem.clone(),
+                issued.cert_pem.clone(),
+            );
+            match tokio::task::spawn_blocking(move || {
+                apid::write_credentials(&files, &key, &cert, &bundle)
+            })
+            .await
+            {
+                Ok(written) => written
+                    .map(|()| issued)
+                    .map_err(|source| Error::Write { source }),
+                Err(join) => Err(Error::WriteTask { source: join }),
+            }
         }
         Err(err) => Err(err),
     };
