@@ -269,16 +269,21 @@ impl ConnectionSlot {
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
-        let seen = self.attempts().0;
+        let seen = self
+            .attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
         let _connecting = self.connecting.lock().await;
         // Another call may have connected while this one waited, or failed to.
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
         }
-        if let (finished, Some(failure)) = self.attempts()
-            && finished != seen
+        if let (finished, Some(failure)) =
+            &*self.attempts.lock().unwrap_or_else(PoisonError::into_inner)
+            && *finished != seen
         {
-            return Err(Box::new(failure));
+            return Err(Box::new(failure.clone()));
         }
         // Boxed: connecting is rare, and its future (unix or TLS connect plus the HTTP/2
         // handshake) is kilobytes. Inline, it made every call's future that large, and hyper
@@ -299,13 +304,6 @@ impl ConnectionSlot {
                 Err(Box::new(failure))
             }
         }
-    }
-
-    fn attempts(&self) -> (u64, Option<SharedFailure>) {
-        self.attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// Whether the slot holds a connection that is still open.

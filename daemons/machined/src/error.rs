@@ -329,7 +329,7 @@ impl From<Error> for Status {
             err @ Error::AdminOnly { .. } => Status::permission_denied(err.to_string()),
             err @ Error::ConfigVersionNotFound { .. } => Status::not_found(err.to_string()),
             // A full disk is the operator's to fix; the path stays in the log.
-            Error::ConfigStore { ref source } if source.is_out_of_space() => {
+            Error::ConfigStore { ref source } if is_out_of_space(source) => {
                 tracing::error!(
                     error = &err as &dyn std::error::Error,
                     "Config store is out of space"

@@ -30,6 +30,7 @@ pub mod splice;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -220,18 +221,17 @@ struct Node {
 /// arrive; a node whose reply does not fit fails (and gives back what it took), so a fan-out
 /// holds about one message's worth, not one per node.
 #[derive(Debug)]
-struct ReplyBudget(std::sync::atomic::AtomicUsize);
+struct ReplyBudget(AtomicUsize);
 
 impl Default for ReplyBudget {
     fn default() -> Self {
-        Self(std::sync::atomic::AtomicUsize::new(MAX_MESSAGE_SIZE))
+        Self(AtomicUsize::new(MAX_MESSAGE_SIZE))
     }
 }
 
 impl ReplyBudget {
     /// Takes `bytes`, or nothing and `false` when fewer are left.
     fn take(&self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering;
         self.0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
                 left.checked_sub(bytes)
@@ -240,7 +240,7 @@ impl ReplyBudget {
     }
 
     fn give_back(&self, bytes: usize) {
-        self.0.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+        self.0.fetch_add(bytes, Ordering::AcqRel);
     }
 }
 

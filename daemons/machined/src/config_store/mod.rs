@@ -278,14 +278,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Whether the filesystem ran out of space (or quota) under it: something the operator can
-    /// fix, unlike the other failures here.
-    pub(crate) fn is_out_of_space(&self) -> bool {
-        crate::error::is_out_of_space(self)
-    }
-}
-
 /// The config store; cheap to clone (all clones share one state).
 #[derive(Clone)]
 pub struct ConfigStore {

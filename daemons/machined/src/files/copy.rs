@@ -171,14 +171,8 @@ fn append_file<W: Write>(
     // The open follows symlinks in the path's directories: one swapped in since the walk
     // listed them could lead anywhere. What the descriptor refers to passes the policy, as
     // Read checks it, or the file is left out.
-    let fd_link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    match std::fs::read_link(&fd_link) {
-        Ok(opened) => {
-            if let Err(refused) = policy.check_resolved(&entry.path.to_string_lossy(), &opened) {
-                return Ok(Some(format!("not archived: {refused}")));
-            }
-        }
-        Err(err) => return Ok(Some(format!("readlink {fd_link}: {}", io_text(&err)))),
+    if let Err(refused) = policy.check_opened(&entry.path.to_string_lossy(), &file) {
+        return Ok(Some(format!("not archived: {refused}")));
     }
     let meta: Metadata = match file.metadata() {
         Ok(meta) if meta.is_file() => meta,

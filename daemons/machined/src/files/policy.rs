@@ -304,6 +304,20 @@ impl FilesPolicy {
         Ok(canonical)
     }
 
+    /// Checks what an opened file really is (`/proc/self/fd/N`) against the policy: the open
+    /// follows symlinks in the path's directories, and one may have been swapped in since the
+    /// path was resolved or listed.
+    pub(crate) fn check_opened(&self, requested: &str, file: &std::fs::File) -> Result<(), Error> {
+        use std::os::fd::AsRawFd as _;
+        let fd_link = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let opened = std::fs::read_link(&fd_link).map_err(|source| Error::File {
+            op: "read link",
+            path: fd_link,
+            source,
+        })?;
+        self.check_resolved(requested, &opened)
+    }
+
     /// Checks where a requested path really leads: under an allowed root, not denied.
     pub(crate) fn check_resolved(&self, requested: &str, canonical: &Path) -> Result<(), Error> {
         let resolves = || {

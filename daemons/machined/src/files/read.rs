@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 use basalt_api::common;
@@ -52,13 +51,7 @@ pub(crate) fn open(policy: &FilesPolicy, requested: &str) -> Result<OpenFile, Er
     if !meta.is_file() {
         return Err(not_regular());
     }
-    let fd_link = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let opened = std::fs::read_link(&fd_link).map_err(|source| Error::File {
-        op: "read link",
-        path: fd_link,
-        source,
-    })?;
-    policy.check_resolved(requested, &opened)?;
+    policy.check_opened(requested, &file)?;
     Ok(OpenFile { file, path })
 }
 

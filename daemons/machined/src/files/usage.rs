@@ -55,7 +55,7 @@ pub(crate) fn stream(
     for root in roots {
         let options = WalkOptions {
             max_depth: None,
-            limit: limit - visited,
+            limit: limit.saturating_sub(visited),
         };
         let outcome = match options.limit {
             0 => Outcome::Limit,
